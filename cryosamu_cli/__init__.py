@@ -1,0 +1,3 @@
+"""cryosamu: structure-aware enhancement of intermediate-resolution cryo-EM maps."""
+
+__version__ = "0.1.0"

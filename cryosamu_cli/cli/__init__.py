@@ -1,0 +1,1 @@
+"""The ``cryosamu`` command line: a thin skin over the library functions."""

@@ -1,0 +1,37 @@
+"""Pieces shared by the commands: option aliases, consoles, error reporting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from cryosamu_cli.errors import CryosamuError
+
+console = Console(stderr=True, highlight=False)
+
+WeightsOpt = Annotated[Optional[Path], typer.Option(
+    "--weights", help="Checkpoint to use instead of the pretrained model.", dir_okay=False)]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="Where the network runs: auto, cpu or cuda:N.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a :class:`CryosamuError` into one red line on stderr and exit code 1."""
+    try:
+        yield
+    except CryosamuError as exc:
+        console.print(f"[red]Error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(code=1) from None
+
+
+def epilog(example: str) -> str:
+    """An "Example usage" block for a command's --help."""
+    return f"[bold]Example usage[/bold]\n\n{example}"

@@ -1,0 +1,57 @@
+"""``cryosamu weights list | download | verify``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cryosamu_cli.cli.common import console, epilog, user_errors
+
+app = typer.Typer(help="List, pre-fetch and verify pretrained weights.", no_args_is_help=True)
+
+
+@app.command("list", epilog=epilog("cryosamu weights list"))
+def list_cmd() -> None:
+    """List the pretrained models and where a copy of each is found."""
+    from cryosamu_cli import weights as weights_lib
+
+    with user_errors():
+        manifest = weights_lib.load_manifest()
+    table = Table("name", "default", "size (MB)", "local copy", "description")
+    for entry in manifest.entries.values():
+        local = [p for p in (weights_lib.cache_dir() / entry.file,
+                             weights_lib.shipped_weights_dir() / entry.file) if p.is_file()]
+        table.add_row(entry.name, "yes" if entry.name == manifest.default else "",
+                      f"{entry.size / 1e6:.1f}", str(local[0]) if local else "not downloaded",
+                      entry.description)
+    console.print(table if manifest.entries else "No pretrained models are listed in this version.")
+
+
+@app.command("download", epilog=epilog("cryosamu weights download cryosamu-preview"))
+def download_cmd(name: Annotated[Optional[str], typer.Argument(
+        help="Model name (default: the default model).")] = None) -> None:
+    """Download a pretrained model into the cache (checksummed)."""
+    from cryosamu_cli import weights as weights_lib
+
+    with user_errors():
+        entry = weights_lib.load_manifest().get(name)
+        path = weights_lib.download_weights(entry)
+    console.print(f"{entry.name} saved to {path}")
+
+
+@app.command("verify", epilog=epilog("cryosamu weights verify"))
+def verify_cmd() -> None:
+    """Re-hash every local copy of every model against the manifest's SHA-256."""
+    from cryosamu_cli import weights as weights_lib
+
+    with user_errors():
+        manifest = weights_lib.load_manifest()
+    corrupt = 0
+    for entry in manifest.entries.values():
+        for path, status in weights_lib.verify_entry(entry).items():
+            corrupt += status != "ok"
+            console.print(f"{entry.name}: {path}: {status}")
+    if corrupt:
+        raise typer.Exit(code=1)

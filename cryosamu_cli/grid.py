@@ -1,0 +1,98 @@
+"""Resampling between a map's own grid and the network's 1 Å grid, and normalisation (§3.2).
+
+All arrays are ``[z, y, x]``; voxel sizes passed here are in the same (z, y, x) order. The 1 Å
+grid starts at the map's first voxel and covers the whole map, so resampling back lands on
+exactly the input's voxel positions and the written map keeps the input's origin.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from cryosamu_cli.errors import InvalidMapError
+
+NETWORK_VOXEL_SIZE_A = 1.0
+NORMALISATION_PERCENTILE = 99.9
+_SPLINE_ORDER = 3
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """How a map was scaled to [0, 1]: ``normalised = clip(density / scale, 0, 1)``.
+
+    Attributes:
+        scale: The 99.9th percentile of the positive density of the resampled map.
+        percentile: The percentile used.
+    """
+
+    scale: float
+    percentile: float = NORMALISATION_PERCENTILE
+
+
+def resampled_shape(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...],
+                    target_A: float = NETWORK_VOXEL_SIZE_A) -> tuple[int, int, int]:
+    """Shape of the ``target_A`` grid that covers a map from its first to its last voxel."""
+    return tuple(int(math.ceil((n - 1) * v / target_A - 1e-6)) + 1
+                 for n, v in zip(shape_zyx, voxel_size_zyx))
+
+
+def resample_to_spacing(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
+                        target_A: float = NETWORK_VOXEL_SIZE_A) -> np.ndarray:
+    """Resample ``data[z, y, x]`` with voxel size ``voxel_size_zyx`` onto a ``target_A`` grid.
+
+    Cubic B-spline interpolation; anisotropic voxel sizes are handled per axis. Output voxel
+    ``i`` lies at ``i * target_A`` Å from the first input voxel.
+    """
+    shape = resampled_shape(data.shape, voxel_size_zyx, target_A)
+    step = np.array([target_A / v for v in voxel_size_zyx])
+    return _affine_resample(data, step, shape)
+
+
+def resample_to_grid(data: np.ndarray, data_voxel_A: float, shape_zyx: tuple[int, ...],
+                     voxel_size_zyx: tuple[float, ...]) -> np.ndarray:
+    """Resample a ``data_voxel_A`` grid back onto a grid of ``shape_zyx`` and ``voxel_size_zyx``.
+
+    The inverse of :func:`resample_to_spacing`: output voxel ``i`` along an axis is read at
+    ``i * voxel_size / data_voxel_A`` on the input grid.
+    """
+    step = np.array([v / data_voxel_A for v in voxel_size_zyx])
+    return _affine_resample(data, step, tuple(shape_zyx))
+
+
+def _affine_resample(data: np.ndarray, step: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sample ``data`` at ``index * step`` for every index of an output of ``shape``."""
+    if np.allclose(step, 1.0) and tuple(shape) == data.shape:
+        return data.astype(np.float32, copy=True)
+    return ndimage.affine_transform(data.astype(np.float32, copy=False), step, offset=0.0,
+                                    output_shape=tuple(shape), order=_SPLINE_ORDER,
+                                    mode="nearest", output=np.float32)
+
+
+def normalisation_of(data: np.ndarray,
+                     percentile: float = NORMALISATION_PERCENTILE) -> Normalisation:
+    """Measure the normalisation scale of a map: the given percentile of its positive voxels.
+
+    Raises:
+        InvalidMapError: The map is constant or has no positive density.
+    """
+    if float(data.max()) == float(data.min()):
+        raise InvalidMapError(f"the map is constant (every voxel is {float(data.min()):g})")
+    positive = data[data > 0]
+    if positive.size == 0:
+        raise InvalidMapError("the map has no positive density to enhance")
+    scale = float(np.percentile(positive, percentile))
+    if scale <= 0:
+        raise InvalidMapError("the map has no positive density to enhance")
+    return Normalisation(scale=scale, percentile=percentile)
+
+
+def normalise(data: np.ndarray, norm: Normalisation) -> np.ndarray:
+    """Scale ``data`` by ``norm.scale`` and clip to [0, 1] (float32, new array)."""
+    out = data.astype(np.float32, copy=True)
+    out /= np.float32(norm.scale)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out

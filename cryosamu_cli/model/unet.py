@@ -1,0 +1,172 @@
+"""The structure-aware multimodal 3D U-Net of CryoSAMU (§3.3).
+
+Encoder: levels of residual blocks (GroupNorm, SiLU, dropout, Conv3d), linear self-attention
+after the blocks of the attention levels, strided-conv downsampling. Bottleneck: residual block,
+linear self-attention, cross-attention to an ``L × struct_dim`` structure embedding (queries from
+voxels), residual block. Decoder: symmetric, with skip connections and nearest-neighbour
+upsampling followed by a convolution; GroupNorm, SiLU and a Conv3d to one channel.
+Without an embedding the cross-attention is bypassed (§3.4), as at validation and inference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cryosamu_cli.model.config import UNetConfig
+
+
+class ResBlock(nn.Module):
+    """Two GroupNorm → SiLU → (dropout) → Conv3d stages with a residual connection."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
+        self.skip = (nn.Identity() if in_channels == out_channels
+                     else nn.Conv3d(in_channels, out_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return h + self.skip(x)
+
+
+class LinearAttention3D(nn.Module):
+    """Multi-head linear self-attention over all voxels, cost linear in their number."""
+
+    def __init__(self, channels: int, heads: int, head_dim: int, groups: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = head_dim ** -0.5
+        hidden = heads * head_dim
+        self.norm = nn.GroupNorm(groups, channels)
+        self.to_qkv = nn.Conv3d(channels, hidden * 3, 1, bias=False)
+        self.to_out = nn.Conv3d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, d, h, w = x.shape
+        q, k, v = self.to_qkv(self.norm(x)).flatten(2).chunk(3, dim=1)
+        q, k, v = (t.reshape(b, self.heads, -1, d * h * w) for t in (q, k, v))
+        q = q.softmax(dim=-2) * self.scale
+        k = k.softmax(dim=-1)
+        context = torch.einsum("bhdn,bhen->bhde", k, v)
+        out = torch.einsum("bhde,bhdn->bhen", context, q)
+        return x + self.to_out(out.reshape(b, -1, d, h, w))
+
+
+class CrossAttention3D(nn.Module):
+    """Voxel queries attending to structure-embedding keys/values, with a residual connection."""
+
+    def __init__(self, channels: int, struct_dim: int, heads: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.struct_norm = nn.LayerNorm(struct_dim)
+        self.attention = nn.MultiheadAttention(channels, heads, kdim=struct_dim, vdim=struct_dim,
+                                               batch_first=True)
+
+    def forward(self, x: torch.Tensor, struct: torch.Tensor) -> torch.Tensor:
+        b, c, d, h, w = x.shape
+        queries = self.norm(x).flatten(2).transpose(1, 2)
+        keys = self.struct_norm(struct)
+        attended, _ = self.attention(queries, keys, keys, need_weights=False)
+        return x + attended.transpose(1, 2).reshape(b, c, d, h, w)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2 upsampling followed by a 3×3×3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Level(nn.Module):
+    """Residual blocks of one U-Net level, optionally followed by linear self-attention."""
+
+    def __init__(self, in_channels: int, out_channels: int, cfg: UNetConfig,
+                 attention: bool) -> None:
+        super().__init__()
+        blocks = [ResBlock(in_channels if i == 0 else out_channels, out_channels, cfg.dropout,
+                           cfg.norm_groups) for i in range(cfg.num_res_blocks)]
+        self.blocks = nn.Sequential(*blocks)
+        self.attention = (LinearAttention3D(out_channels, cfg.attention_heads,
+                                            cfg.attention_head_dim, cfg.norm_groups)
+                          if attention else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(self.blocks(x))
+
+
+class UNet3D(nn.Module):
+    """CryoSAMU's structure-aware 3D U-Net.
+
+    ``forward(x, struct=None)`` takes ``x`` of shape ``(B, 1, n, n, n)`` with ``n`` divisible by
+    ``config.downsampling_factor`` and an optional ``struct`` of shape ``(B, L, struct_dim)``.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        channels = config.level_channels
+        self.stem = nn.Conv3d(1, channels[0], 3, padding=1)
+        self.encoder = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        previous = channels[0]
+        for level, (ch, attn) in enumerate(zip(channels, config.attention_levels)):
+            self.encoder.append(Level(previous, ch, config, attn))
+            is_last = level == len(channels) - 1
+            self.downsamplers.append(nn.Identity() if is_last
+                                     else nn.Conv3d(ch, ch, 3, stride=2, padding=1))
+            previous = ch
+        self._build_bottleneck(channels[-1])
+        self._build_decoder(channels)
+        self.head = nn.Sequential(nn.GroupNorm(config.norm_groups, channels[0]), nn.SiLU(),
+                                  nn.Conv3d(channels[0], 1, 3, padding=1))
+
+    def _build_bottleneck(self, ch: int) -> None:
+        cfg = self.config
+        self.mid_block1 = ResBlock(ch, ch, cfg.dropout, cfg.norm_groups)
+        self.mid_attention = LinearAttention3D(ch, cfg.attention_heads, cfg.attention_head_dim,
+                                               cfg.norm_groups)
+        self.mid_cross = CrossAttention3D(ch, cfg.struct_dim, cfg.cross_attention_heads,
+                                          cfg.norm_groups)
+        self.mid_block2 = ResBlock(ch, ch, cfg.dropout, cfg.norm_groups)
+
+    def _build_decoder(self, channels: tuple[int, ...]) -> None:
+        cfg = self.config
+        self.decoder = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        previous = channels[-1]
+        for level in reversed(range(len(channels))):
+            ch = channels[level]
+            self.decoder.append(Level(previous + ch, ch, cfg, cfg.attention_levels[level]))
+            self.upsamplers.append(Upsample(ch) if level > 0 else nn.Identity())
+            previous = ch
+
+    @classmethod
+    def from_config(cls, config: UNetConfig) -> "UNet3D":
+        """Build a freshly initialised network from ``config``."""
+        return cls(config)
+
+    def forward(self, x: torch.Tensor, struct: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.stem(x)
+        skips = []
+        for level, down in zip(self.encoder, self.downsamplers):
+            h = level(h)
+            skips.append(h)
+            h = down(h)
+        h = self.mid_attention(self.mid_block1(h))
+        if struct is not None:
+            h = self.mid_cross(h, struct.to(h.dtype))
+        h = self.mid_block2(h)
+        for level, up in zip(self.decoder, self.upsamplers):
+            h = up(level(torch.cat([h, skips.pop()], dim=1)))
+        return self.head(h)

@@ -1,0 +1,153 @@
+"""Cube plan, empty-cube skipping, batched streaming and stitching (§3.4).
+
+A volume ``[z, y, x]`` is zero-padded and cut into overlapping ``cube_size``³ cubes whose
+central ``core_size``³ cores tile the volume without gaps; only the cores of the network's
+outputs are stitched back. Cubes whose input has no density above ``skip_threshold`` are not
+run: their core is zero in the output. Cubes go to the network ``batch_size`` at a time, so
+memory holds the volume, the output and one batch, whatever the number of cubes. Nothing here
+knows about torch: the network is any callable from a ``(B, n, n, n)`` array to one of the
+same shape.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from cryosamu_cli.errors import ConfigError
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class CubePlan:
+    """Where the cubes of a volume lie.
+
+    Attributes:
+        shape_zyx: Shape of the volume being tiled.
+        cube_size: Edge of the cubes the network sees.
+        core_size: Edge of the central part of each output cube that is kept.
+    """
+
+    shape_zyx: tuple[int, int, int]
+    cube_size: int = 64
+    core_size: int = 50
+
+    def __post_init__(self) -> None:
+        check_cube_sizes(self.cube_size, self.core_size)
+
+    @property
+    def margin(self) -> int:
+        """Voxels discarded on each side of a cube's core."""
+        return (self.cube_size - self.core_size) // 2
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        """Number of cubes along z, y, x."""
+        return tuple(math.ceil(n / self.core_size) for n in self.shape_zyx)
+
+    @property
+    def n_cubes(self) -> int:
+        """Total number of cubes."""
+        return math.prod(self.counts)
+
+    def cube_indices(self) -> Iterator[tuple[int, int, int]]:
+        """Every cube's (iz, iy, ix) index, in C order."""
+        return itertools.product(*(range(c) for c in self.counts))
+
+    def pad(self, volume: np.ndarray) -> np.ndarray:
+        """Zero-pad ``volume`` so that cube ``i`` starts at ``i * core_size`` on every axis."""
+        widths = [(self.margin, c * self.core_size + self.margin - n)
+                  for c, n in zip(self.counts, self.shape_zyx)]
+        return np.pad(volume, widths, mode="constant")
+
+    def cube_slices(self, index: tuple[int, int, int]) -> tuple[slice, ...]:
+        """Slices of cube ``index`` in the padded volume."""
+        return tuple(slice(i * self.core_size, i * self.core_size + self.cube_size) for i in index)
+
+    def core_slices(self, index: tuple[int, int, int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """``(in_volume, in_cube)`` slices of the core of cube ``index``, cropped to the volume."""
+        in_volume, in_cube = [], []
+        for i, n in zip(index, self.shape_zyx):
+            start = i * self.core_size
+            stop = min(start + self.core_size, n)
+            in_volume.append(slice(start, stop))
+            in_cube.append(slice(self.margin, self.margin + stop - start))
+        return tuple(in_volume), tuple(in_cube)
+
+
+@dataclass(frozen=True)
+class TilingStats:
+    """What a tiled run did: cubes in the plan, cubes run through the network, cubes skipped."""
+
+    cubes_total: int
+    cubes_run: int
+    cubes_skipped: int
+
+
+def check_cube_sizes(cube_size: int, core_size: int) -> None:
+    """Refuse cube/core sizes that cannot tile.
+
+    Raises:
+        ConfigError: The core is larger than the cube, not positive, or the margin is uneven.
+    """
+    if cube_size < 1 or not 1 <= core_size <= cube_size:
+        raise ConfigError(f"core size {core_size} must be between 1 and the cube size {cube_size}")
+    if (cube_size - core_size) % 2:
+        raise ConfigError(f"cube size {cube_size} minus core size {core_size} must be even")
+
+
+def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = 64,
+                  core_size: int = 50, batch_size: int = 4, skip_threshold: float = 0.0,
+                  progress: ProgressCallback | None = None) -> tuple[np.ndarray, TilingStats]:
+    """Run ``predict`` over ``volume[z, y, x]`` cube by cube and stitch the cores.
+
+    Args:
+        volume: Normalised input volume.
+        predict: Network stand-in: ``(B, cube, cube, cube)`` float32 in, same shape out.
+        cube_size: Edge of the cubes given to ``predict``.
+        core_size: Edge of the kept central part of each output cube.
+        batch_size: Cubes per call of ``predict``.
+        skip_threshold: Cubes whose input maximum is at or below this are not run (output 0).
+        progress: Called as ``progress(cubes_done, cubes_to_run)`` after every batch.
+
+    Returns:
+        The stitched volume (same shape as ``volume``) and the run's :class:`TilingStats`.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    plan = CubePlan(tuple(volume.shape), cube_size, core_size)
+    padded = plan.pad(volume.astype(np.float32, copy=False))
+    to_run = [idx for idx in plan.cube_indices()
+              if float(padded[plan.cube_slices(idx)].max()) > skip_threshold]
+    output = np.zeros(volume.shape, dtype=np.float32)
+    done = 0
+    for batch_indices in _batches(to_run, batch_size):
+        batch = np.stack([padded[plan.cube_slices(idx)] for idx in batch_indices])
+        _stitch(output, predict(batch), batch_indices, plan)
+        done += len(batch_indices)
+        if progress is not None:
+            progress(done, len(to_run))
+    return output, TilingStats(plan.n_cubes, len(to_run), plan.n_cubes - len(to_run))
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    """Consecutive chunks of ``items`` of at most ``size`` elements."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _stitch(output: np.ndarray, cubes: np.ndarray, indices: list[tuple[int, int, int]],
+            plan: CubePlan) -> None:
+    """Copy the core of each predicted cube into ``output``."""
+    expected = (len(indices),) + (plan.cube_size,) * 3
+    if cubes.shape != expected:
+        raise ValueError(f"network returned shape {cubes.shape}, expected {expected}")
+    for cube, idx in zip(cubes, indices):
+        in_volume, in_cube = plan.core_slices(idx)
+        output[in_volume] = cube[in_cube]

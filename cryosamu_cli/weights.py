@@ -1,0 +1,297 @@
+"""Pretrained weights: manifest, lookup order, cache, checksummed download, checkpoints.
+
+Lookup order for ``cryosamu enhance``: an explicit ``--weights PATH``; the user cache
+(``platformdirs.user_cache_dir("cryosamu")`` or ``$CRYOSAMU_CACHE_DIR``); the copy shipped in
+the package; a streamed, SHA-256-checked download into the cache. ``CRYOSAMU_OFFLINE=1`` turns
+a download into an error that says how to get the file.
+
+A checkpoint is ``{"format": 1, "config": UNetConfig.to_dict(), "state_dict": ...}`` saved with
+``torch.save`` and loaded with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from cryosamu_cli.errors import ConfigError, DownloadError, WeightsError
+
+CHECKPOINT_FORMAT = 1
+CACHE_ENV = "CRYOSAMU_CACHE_DIR"
+OFFLINE_ENV = "CRYOSAMU_OFFLINE"
+_CHUNK = 1 << 20
+
+DownloadProgress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One pretrained model of the manifest.
+
+    Attributes:
+        name: Registry name, e.g. ``cryosamu-preview``.
+        file: File name in the cache and in the shipped folder.
+        url: Where to download it from.
+        sha256: Full SHA-256 of the file.
+        size: Size in bytes.
+        config: The model's :class:`UNetConfig` as a dictionary.
+        description: One line for ``cryosamu weights list``.
+    """
+
+    name: str
+    file: str
+    url: str
+    sha256: str
+    size: int
+    config: dict[str, Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The registry of pretrained models and which one ``enhance`` uses by default."""
+
+    entries: dict[str, WeightsEntry]
+    default: str | None = None
+
+    def get(self, name: str | None = None) -> WeightsEntry:
+        """The entry called ``name``, or the default one.
+
+        Raises:
+            WeightsError: No such entry, or no default model exists.
+        """
+        name = name or self.default
+        if name is None:
+            raise WeightsError("no pretrained CryoSAMU model is shipped with this version; pass "
+                               "--weights PATH to a checkpoint made by 'cryosamu train'")
+        if name not in self.entries:
+            known = ", ".join(sorted(self.entries)) or "none"
+            raise WeightsError(f"unknown weights name '{name}' (known: {known})")
+        return self.entries[name]
+
+
+def shipped_weights_dir() -> Path:
+    """Folder of the weights shipped with the package (or with the source checkout)."""
+    inside_package = Path(__file__).resolve().parent / "weights"
+    if (inside_package / "manifest.json").is_file():
+        return inside_package
+    return Path(__file__).resolve().parents[1] / "weights"
+
+
+def load_manifest(path: Path | None = None) -> Manifest:
+    """Read ``manifest.json`` (by default the shipped one).
+
+    Raises:
+        WeightsError: The manifest is missing or malformed.
+    """
+    path = path or shipped_weights_dir() / "manifest.json"
+    try:
+        raw = json.loads(Path(path).read_text())
+        entries = {name: WeightsEntry(name=name, **fields) for name, fields in raw["models"].items()}
+        return Manifest(entries=entries, default=raw.get("default"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"cannot read weights manifest {path}: {exc}") from exc
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights live: ``$CRYOSAMU_CACHE_DIR`` or the platform's user cache."""
+    override = os.environ.get(CACHE_ENV)
+    return Path(override) if override else Path(platformdirs.user_cache_dir("cryosamu"))
+
+
+def is_offline() -> bool:
+    """Whether ``CRYOSAMU_OFFLINE`` forbids downloads."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_weights(weights: str | os.PathLike | None = None, *, name: str | None = None,
+                    manifest: Manifest | None = None,
+                    progress: DownloadProgress | None = None) -> Path:
+    """Find the checkpoint to use, downloading it into the cache if needed.
+
+    Args:
+        weights: An explicit checkpoint path; used as is when given.
+        name: Manifest entry to use instead of the default.
+        manifest: Registry to use (default: the shipped manifest).
+        progress: Download progress callback ``(bytes_done, bytes_total)``.
+
+    Raises:
+        WeightsError: The explicit file is missing, no model is available, or offline mode
+            forbids the download.
+        DownloadError: The download failed.
+    """
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"weights file not found: {path}")
+        return path
+    entry = (manifest or load_manifest()).get(name)
+    for candidate in (cache_dir() / entry.file, shipped_weights_dir() / entry.file):
+        if _has_expected_size(candidate, entry):
+            return candidate
+    if is_offline():
+        raise WeightsError(
+            f"weights '{entry.name}' are not in the cache and {OFFLINE_ENV} is set; run "
+            f"'cryosamu weights download {entry.name}' where the internet is reachable, copy "
+            f"{entry.file} into {cache_dir()}, or pass --weights PATH")
+    return download_weights(entry, progress=progress)
+
+
+def _has_expected_size(path: Path, entry: WeightsEntry) -> bool:
+    """Cheap check made on every load: the file exists with the manifest's size."""
+    return path.is_file() and path.stat().st_size == entry.size
+
+
+def download_weights(entry: WeightsEntry, *, progress: DownloadProgress | None = None,
+                     timeout_s: float = 30.0) -> Path:
+    """Stream ``entry.url`` into the cache, checking size and SHA-256, and return the file.
+
+    The bytes go to a process-unique ``.partial`` file beside the target, which replaces the
+    target only when the checksum matches and is removed whatever happens otherwise.
+
+    Raises:
+        DownloadError: HTTP error, connection lost, wrong size or checksum, unwritable cache.
+    """
+    import requests
+
+    target = cache_dir() / entry.file
+    _ensure_writable_cache(target.parent)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with requests.get(entry.url, stream=True, timeout=timeout_s) as response:
+            if response.status_code != 200:
+                raise DownloadError(f"download of '{entry.name}' from {entry.url} failed: "
+                                    f"HTTP {response.status_code}")
+            digest, size = _stream_to_file(response, partial, entry, progress)
+        _check_download(entry, digest, size)
+        os.replace(partial, target)
+    except requests.RequestException as exc:
+        raise DownloadError(f"download of '{entry.name}' from {entry.url} failed: "
+                            f"{type(exc).__name__}") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def _ensure_writable_cache(folder: Path) -> None:
+    """Create the cache folder or explain how to choose another one."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".probe.")
+        probe.close()
+    except OSError as exc:
+        raise DownloadError(f"cache folder {folder} is not writable ({exc.strerror}); "
+                            f"set {CACHE_ENV} to a writable folder") from exc
+
+
+def _stream_to_file(response: Any, partial: Path, entry: WeightsEntry,
+                    progress: DownloadProgress | None) -> tuple[str, int]:
+    """Write the response body to ``partial`` while hashing it; return (sha256, bytes)."""
+    total = int(response.headers.get("Content-Length") or entry.size or 0) or None
+    digest, size = hashlib.sha256(), 0
+    with open(partial, "wb") as handle:
+        for chunk in response.iter_content(chunk_size=_CHUNK):
+            handle.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+            if progress is not None:
+                progress(size, total)
+    return digest.hexdigest(), size
+
+
+def _check_download(entry: WeightsEntry, sha256: str, size: int) -> None:
+    """Refuse a download whose size or checksum differs from the manifest."""
+    if size != entry.size:
+        raise DownloadError(f"download of '{entry.name}' is incomplete: {size} of "
+                            f"{entry.size} bytes")
+    if sha256 != entry.sha256:
+        raise DownloadError(f"download of '{entry.name}' has SHA-256 {sha256[:12]}…, expected "
+                            f"{entry.sha256[:12]}…; the file was discarded")
+
+
+def sha256_of(path: Path) -> str:
+    """Full SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_entry(entry: WeightsEntry) -> dict[str, str]:
+    """Re-hash every local copy of ``entry``: ``{path: 'ok' | 'corrupt'}`` (missing ones left out)."""
+    results = {}
+    for candidate in (cache_dir() / entry.file, shipped_weights_dir() / entry.file):
+        if candidate.is_file():
+            results[str(candidate)] = "ok" if sha256_of(candidate) == entry.sha256 else "corrupt"
+    return results
+
+
+def save_checkpoint(path: str | os.PathLike, model: Any, extra: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` (a ``UNet3D``) as a format-1 checkpoint, atomically."""
+    import torch
+
+    path = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, "config": model.config.to_dict(),
+               "state_dict": model.state_dict(), **(extra or {})}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_model(path: str | os.PathLike) -> Any:
+    """Load a format-1 checkpoint into a ``UNet3D`` (in eval mode, on the CPU).
+
+    Raises:
+        WeightsError: The file is not a readable checkpoint, has another format, or its tensors
+            do not fit the configuration it declares.
+    """
+    import torch
+
+    from cryosamu_cli.model.config import UNetConfig
+    from cryosamu_cli.model.unet import UNet3D
+
+    checkpoint = _read_checkpoint(Path(path))
+    try:
+        model = UNet3D.from_config(UNetConfig.from_dict(checkpoint["config"]))
+    except ConfigError as exc:
+        raise WeightsError(f"{path}: {exc}") from exc
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (RuntimeError, KeyError) as exc:
+        raise WeightsError(f"{path}: the weights do not match the model configuration they "
+                           f"declare ({str(exc).splitlines()[0]})") from exc
+    return model.eval()
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True`` and a check of the format fields."""
+    import pickle
+
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        raise WeightsError(f"{path} is not a readable cryosamu checkpoint (torch.load with "
+                           f"weights_only=True failed: {type(exc).__name__})") from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{path} is not a cryosamu checkpoint of format {CHECKPOINT_FORMAT}")
+    if not isinstance(checkpoint.get("config"), dict) or "state_dict" not in checkpoint:
+        raise WeightsError(f"{path} lacks its 'config' or 'state_dict'")
+    return checkpoint
