@@ -61,7 +61,7 @@ def helix_bundle_atoms(centre_xyz: tuple[float, float, float], n_helices: int = 
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def example_map(seed: int = 0, noise_sd: float = 0.25) -> tuple[np.ndarray, mapio.GridInfo]:
+def example_map(seed: int = 0, noise_sd: float = 0.15) -> tuple[np.ndarray, mapio.GridInfo]:
     """Simulate the example: the bundle at 6 Å, plus smoothed Gaussian noise.
 
     Returns:

@@ -1,0 +1,125 @@
+"""``enhance_map`` end to end: geometry of the written map, values, refusals, no partial files."""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+import pytest
+
+from cryosamu_cli import enhance, grid, mapio
+from cryosamu_cli.errors import (ConfigError, DeviceError, InvalidMapError, MapReadError,
+                                 OutputError, WeightsError)
+from cryosamu_cli.examples import write_example_map
+from tests.conftest import SHARED_MAPS, smooth_volume, write_mrc
+
+
+@pytest.fixture
+def pass_through(monkeypatch):
+    """Replace the network (only) by an identity stand-in."""
+    monkeypatch.setattr(enhance, "_predictor", lambda model, device: lambda batch: batch.copy())
+
+
+def _header(path):
+    with mrcfile.open(path, permissive=True) as mrc:
+        h = mrc.header
+        return (mrc.data.shape, mrc.voxel_size.tolist(), h.origin.tolist(),
+                (int(h.nxstart), int(h.nystart), int(h.nzstart)), h.cella.tolist(),
+                h.cellb.tolist(), (int(h.mapc), int(h.mapr), int(h.maps)),
+                (int(h.mx), int(h.my), int(h.mz)))
+
+
+def _expected_normalised(path):
+    data, g = mapio.read_map(path)
+    on_1A = grid.resample_to_spacing(data, g.voxel_size_zyx)
+    norm = grid.normalisation_of(on_1A)
+    return np.clip(data / norm.scale, 0, 1)
+
+
+@pytest.mark.parametrize("relative", SHARED_MAPS)
+def test_pass_through_enhance_keeps_the_real_maps_grid(shared_data, tmp_path, tiny_checkpoint,
+                                                       pass_through, relative):
+    source = shared_data / relative
+    out = tmp_path / "out.mrc"
+    result = enhance.enhance_map(input_path=source, output_path=out, weights=tiny_checkpoint,
+                                 device="cpu", batch_size=8)
+    assert _header(out) == _header(source)
+    written, _ = mapio.read_map(out)
+    expected = _expected_normalised(source)
+    assert np.corrcoef(written.ravel(), expected.ravel())[0, 1] > 0.97
+    assert result.cubes_run + result.cubes_skipped == result.cubes_total
+
+
+def test_pass_through_on_axis_order_312_with_anisotropic_voxels(tmp_path, tiny_checkpoint,
+                                                                 pass_through):
+    canonical = np.abs(smooth_volume((40, 36, 30), sigma=3.0))
+    source = write_mrc(tmp_path / "zxy.mrc", np.transpose(canonical, (1, 2, 0)),
+                       voxel_size=(1.3, 0.9, 1.7), axis_order=(3, 1, 2), nstart=(4, -6, 9),
+                       origin=(-12.5, 40.0, 3.25))
+    out = tmp_path / "out.mrc"
+    enhance.enhance_map(input_path=source, output_path=out, weights=tiny_checkpoint)
+    assert _header(out) == _header(source)
+    written, _ = mapio.read_map(out)
+    assert np.corrcoef(written.ravel(), _expected_normalised(source).ravel())[0, 1] > 0.995
+
+
+def test_real_network_enhances_the_example_map(tmp_path, tiny_checkpoint):
+    source = write_example_map(tmp_path / "example.mrc")
+    out = tmp_path / "enhanced.mrc.gz"
+    seen = []
+    result = enhance.enhance_map(input_path=source, output_path=out, weights=tiny_checkpoint,
+                                 batch_size=4, threads=2,
+                                 progress=lambda done, total: seen.append((done, total)))
+    written, g = mapio.read_map(out)
+    assert g.shape_zyx == (64, 56, 56) and np.isfinite(written).all() and written.std() > 0
+    assert result.cubes_total == 8 and seen[-1] == (result.cubes_run, result.cubes_run)
+    assert result.normalisation_scale > 0
+    assert f"{result.normalisation_scale:.4g}" in g.labels[-1]
+
+
+def _run(tmp_path, source, checkpoint, **overrides):
+    options = dict(input_path=source, output_path=tmp_path / "out.mrc", weights=checkpoint,
+                   device="cpu")
+    options.update(overrides)
+    return enhance.enhance_map(**options)
+
+
+@pytest.mark.parametrize("volume, error, message", [
+    (np.zeros((20, 20, 20), np.float32), InvalidMapError, "constant"),
+    (-np.ones((20, 20, 20), np.float32) - np.eye(20, dtype=np.float32), InvalidMapError,
+     "no positive"),
+])
+def test_unusable_maps_write_nothing(tmp_path, tiny_checkpoint, volume, error, message):
+    source = write_mrc(tmp_path / "in.mrc", volume)
+    with pytest.raises(error, match=message):
+        _run(tmp_path, source, tiny_checkpoint)
+    assert not (tmp_path / "out.mrc").exists()
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    ({"device": "tpu"}, DeviceError, "unknown device"),
+    ({"device": "cuda:7"}, DeviceError, "cuda:7"),
+    ({"core_size": 80}, ConfigError, "core size"),
+    ({"cube_size": 60, "core_size": 50}, ConfigError, "divisible"),
+    ({"threads": 0}, ConfigError, "threads"),
+    ({"batch_size": 0}, ConfigError, "batch size"),
+])
+def test_bad_options_write_nothing(tmp_path, tiny_checkpoint, overrides, error, message):
+    source = write_mrc(tmp_path / "in.mrc", np.abs(smooth_volume((20, 20, 20))))
+    with pytest.raises(error, match=message):
+        _run(tmp_path, source, tiny_checkpoint, **overrides)
+    assert not (tmp_path / "out.mrc").exists()
+
+
+def test_corrupt_weights_and_missing_inputs(tmp_path, tiny_checkpoint):
+    source = write_mrc(tmp_path / "in.mrc", np.abs(smooth_volume((20, 20, 20))))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(WeightsError):
+        _run(tmp_path, source, bad)
+    with pytest.raises(MapReadError):
+        _run(tmp_path, tmp_path / "absent.mrc", tiny_checkpoint)
+    (tmp_path / "out.mrc").write_bytes(b"keep me")
+    with pytest.raises(OutputError, match="exists"):
+        _run(tmp_path, source, tiny_checkpoint)
+    assert (tmp_path / "out.mrc").read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "in.mrc", "out.mrc"]

@@ -1,0 +1,84 @@
+"""Cube plan, stitching with stand-in networks, empty-cube skipping and streaming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cryosamu_cli import grid, tiling
+from cryosamu_cli.errors import ConfigError
+from tests.conftest import smooth_volume
+
+
+def identity(batch):
+    return batch.copy()
+
+
+@pytest.mark.parametrize("shape", [(17, 33, 70), (5, 7, 3), (64, 64, 64), (101, 51, 49)])
+def test_identity_network_returns_the_input_exactly(shape):
+    volume = np.abs(smooth_volume(shape))
+    out, stats = tiling.enhance_tiled(volume, identity, batch_size=3)
+    assert out.shape == volume.shape
+    assert np.array_equal(out, volume)
+    assert stats.cubes_total == np.prod([-(-n // 50) for n in shape])
+
+
+def test_constant_network_fills_every_voxel():
+    volume = np.abs(smooth_volume((23, 57, 101))) + 0.1
+    out, _ = tiling.enhance_tiled(volume, lambda b: np.full_like(b, 7.0), cube_size=32,
+                                  core_size=20)
+    assert np.all(out == 7.0)
+
+
+def test_each_voxel_comes_from_the_centre_of_its_cube():
+    # A stand-in that writes each voxel's distance from the cube border: the kept core must never
+    # come from the outer margin.
+    def border_distance(batch):
+        n = batch.shape[-1]
+        idx = np.arange(n)
+        d = np.minimum(idx, n - 1 - idx)
+        dist = np.minimum(np.minimum(d[:, None, None], d[None, :, None]), d[None, None, :])
+        return np.broadcast_to(dist, batch.shape).astype(np.float32)
+
+    out, _ = tiling.enhance_tiled(np.ones((120, 75, 60), np.float32), border_distance)
+    assert out.min() >= 7
+
+
+def test_identity_with_resampling_is_within_interpolation_error():
+    volume = np.abs(smooth_volume((45, 38, 52), sigma=3.0))
+    voxel = (1.6, 1.2, 0.9)
+    on_1A = grid.resample_to_spacing(volume, voxel)
+    out, _ = tiling.enhance_tiled(on_1A, identity)
+    back = grid.resample_to_grid(out, 1.0, volume.shape, voxel)
+    assert np.corrcoef(back.ravel(), volume.ravel())[0, 1] > 0.999
+
+
+def test_skipping_empty_cubes_gives_the_same_output_as_not_skipping():
+    volume = np.zeros((150, 120, 100), np.float32)
+    volume[10:40, 20:50, 30:60] = np.abs(smooth_volume((30, 30, 30)))
+    skipped, s1 = tiling.enhance_tiled(volume, identity, skip_threshold=0.0)
+    full, s2 = tiling.enhance_tiled(volume, identity, skip_threshold=-1.0)
+    assert np.array_equal(skipped, full)
+    assert s2.cubes_skipped == 0 and s2.cubes_run == s2.cubes_total == 3 * 3 * 2
+    assert s1.cubes_skipped > 0 and s1.cubes_run + s1.cubes_skipped == s1.cubes_total
+
+
+def test_cubes_are_streamed_in_batches():
+    seen = []
+
+    def record(batch):
+        seen.append(batch.shape[0])
+        return batch
+
+    volume = np.abs(smooth_volume((130, 110, 60))) + 0.01
+    progress = []
+    tiling.enhance_tiled(volume, record, batch_size=4,
+                         progress=lambda done, total: progress.append((done, total)))
+    assert max(seen) == 4 and sum(seen) == 3 * 3 * 2
+    assert progress[-1] == (18, 18) and len(progress) == len(seen)
+
+
+@pytest.mark.parametrize("cube, core", [(64, 51), (64, 70), (64, 0)])
+def test_bad_cube_sizes_are_refused(cube, core):
+    with pytest.raises(ConfigError):
+        tiling.CubePlan((10, 10, 10), cube, core)

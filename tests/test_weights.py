@@ -1,0 +1,150 @@
+"""Weights lookup order, cache, and downloads against a local HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+
+import pytest
+
+from cryosamu_cli import weights
+from cryosamu_cli.errors import DownloadError, WeightsError
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path == "/model.pt":
+            self._send(PAYLOAD)
+        elif self.path == "/cut.pt":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[: len(PAYLOAD) // 3])
+            self.wfile.flush()
+            self.connection.close()
+        else:
+            self.send_error(404)
+
+    def _send(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(weights.CACHE_ENV, str(folder))
+    monkeypatch.delenv(weights.OFFLINE_ENV, raising=False)
+    monkeypatch.setattr(weights, "shipped_weights_dir", lambda: tmp_path / "shipped")
+    return folder
+
+
+def _entry(url, sha=None, size=None, file="model.pt"):
+    return weights.WeightsEntry(name="test-model", file=file, url=url,
+                                sha256=sha or hashlib.sha256(PAYLOAD).hexdigest(),
+                                size=len(PAYLOAD) if size is None else size, config={})
+
+
+def _manifest(entry):
+    return weights.Manifest(entries={entry.name: entry}, default=entry.name)
+
+
+def test_download_lands_in_the_cache_with_progress(server, cache):
+    seen = []
+    path = weights.resolve_weights(manifest=_manifest(_entry(f"{server}/model.pt")),
+                                   progress=lambda done, total: seen.append((done, total)))
+    assert path == cache / "model.pt" and path.read_bytes() == PAYLOAD
+    assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+    assert list(cache.iterdir()) == [path]
+
+
+def test_hash_mismatch_leaves_no_file(server, cache):
+    with pytest.raises(DownloadError, match="SHA-256"):
+        weights.download_weights(_entry(f"{server}/model.pt", sha="0" * 64))
+    assert list(cache.iterdir()) == []
+
+
+def test_http_404_is_reported(server, cache):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        weights.download_weights(_entry(f"{server}/missing.pt"))
+    assert list(cache.iterdir()) == []
+
+
+def test_connection_cut_mid_transfer_leaves_no_file(server, cache):
+    with pytest.raises(DownloadError):
+        weights.download_weights(_entry(f"{server}/cut.pt"))
+    assert list(cache.iterdir()) == []
+
+
+def test_offline_mode_says_how_to_get_the_file(server, cache, monkeypatch):
+    monkeypatch.setenv(weights.OFFLINE_ENV, "1")
+    with pytest.raises(WeightsError, match="weights download test-model"):
+        weights.resolve_weights(manifest=_manifest(_entry(f"{server}/model.pt")))
+
+
+def test_lookup_order_explicit_then_cache_then_shipped(server, cache, tmp_path, monkeypatch):
+    monkeypatch.setenv(weights.OFFLINE_ENV, "1")
+    manifest = _manifest(_entry(f"{server}/model.pt"))
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "model.pt").write_bytes(PAYLOAD)
+    assert weights.resolve_weights(manifest=manifest) == shipped / "model.pt"
+    cache.mkdir()
+    (cache / "model.pt").write_bytes(PAYLOAD)
+    assert weights.resolve_weights(manifest=manifest) == cache / "model.pt"
+    explicit = tmp_path / "mine.pt"
+    explicit.write_bytes(b"x")
+    assert weights.resolve_weights(explicit, manifest=manifest) == explicit
+
+
+def test_a_cached_file_of_the_wrong_size_is_downloaded_again(server, cache):
+    cache.mkdir()
+    (cache / "model.pt").write_bytes(PAYLOAD[:10])
+    path = weights.resolve_weights(manifest=_manifest(_entry(f"{server}/model.pt")))
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_verify_finds_a_corrupt_copy(server, cache):
+    entry = _entry(f"{server}/model.pt")
+    path = weights.download_weights(entry)
+    assert weights.verify_entry(entry) == {str(path): "ok"}
+    path.write_bytes(b"\0" * len(PAYLOAD))
+    assert weights.verify_entry(entry) == {str(path): "corrupt"}
+
+
+def test_unwritable_cache_names_the_variable(tmp_path, monkeypatch, server):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(weights.CACHE_ENV, str(blocker / "cache"))
+    with pytest.raises(DownloadError, match=weights.CACHE_ENV):
+        weights.download_weights(_entry(f"{server}/model.pt"))
+
+
+def test_missing_explicit_weights_and_no_default(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        weights.resolve_weights(tmp_path / "absent.pt")
+    with pytest.raises(WeightsError, match="--weights"):
+        weights.Manifest(entries={}, default=None).get()
+
+
+def test_shipped_manifest_is_readable():
+    manifest = weights.load_manifest()
+    for entry in manifest.entries.values():
+        assert len(entry.sha256) == 64 and entry.size > 0
