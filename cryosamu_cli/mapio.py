@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mrcfile
@@ -90,7 +90,7 @@ def read_map(path: str | os.PathLike) -> tuple[np.ndarray, GridInfo]:
     data = np.ascontiguousarray(np.transpose(file_data, _file_to_zyx(grid.axis_order)))
     data = data.astype(np.float32, copy=False)
     _check_finite(data, path)
-    return data, GridInfo(**{**grid.__dict__, "shape_zyx": tuple(int(n) for n in data.shape)})
+    return data, replace(grid, shape_zyx=tuple(int(n) for n in data.shape))
 
 
 def _read_file(path: Path) -> tuple[np.ndarray, np.recarray]:

@@ -94,7 +94,7 @@ def test_non_orthogonal_synthetic_cell_is_refused(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (b"not a map at all", "cannot read"),
     (b"x" * 2048, "not an MRC"),
-])
+], ids=["too short", "no map id"])
 def test_garbage_is_refused(tmp_path, content, message):
     path = tmp_path / "bad.mrc"
     path.write_bytes(content)

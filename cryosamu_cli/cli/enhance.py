@@ -40,7 +40,7 @@ def enhance_cmd(
     """
     from cryosamu_cli import enhance as enhance_lib
 
-    with user_errors(), _progress(quiet) as (on_cubes, on_download):
+    with user_errors(), _ProgressBars(quiet) as (on_cubes, on_download):
         result = enhance_lib.enhance_map(
             input_path=input_path, output_path=output_path, weights=weights, device=device,
             batch_size=batch_size, cube_size=cube_size, core_size=core_size, threads=threads,
@@ -51,7 +51,7 @@ def enhance_cmd(
                       f"{result.output_path}")
 
 
-class _progress:
+class _ProgressBars:
     """Rich progress bars for the cubes and a weights download (nothing when quiet)."""
 
     def __init__(self, quiet: bool) -> None:
