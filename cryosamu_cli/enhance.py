@@ -1,7 +1,8 @@
-"""``enhance_map``: the inference pipeline, as a list of named steps.
+"""``enhance_map`` and ``enhance_many``: the inference pipeline, as a list of named steps.
 
-read map → resample to 1 Å → normalise → cubes through the network → stitch → resample back
-onto the input grid → write with the input's header.
+read map (average the half maps) → resample to 1 Å → normalise → cubes through the network →
+stitch → resample back onto the input grid → blend (strength, mask) → write with the input's
+header (plus the standard-deviation map and the half-map FSC when asked for).
 
 The written map is on the network's normalised scale: 0 is solvent and 1 corresponds to the
 99.9th percentile of the input's positive density after resampling to 1 Å (§3.2). The scale
@@ -10,26 +11,33 @@ used is returned in :class:`EnhanceResult` and written into the output's labels.
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from cryosamu_cli import grid as grid_ops
-from cryosamu_cli import mapio, tiling
+from cryosamu_cli import mapio, metrics, tiling
+from cryosamu_cli.atomic import write_text_atomic
 from cryosamu_cli.device import resolve_device
-from cryosamu_cli.errors import ConfigError
+from cryosamu_cli.errors import ConfigError, CryosamuError, OutputError
 from cryosamu_cli.weights import DownloadProgress, load_model, resolve_weights
 
 DEFAULT_SKIP_THRESHOLD = 0.0
+MASK_MODES = ("enhance-inside", "keep-inside")
+FSC_THRESHOLD = 0.143
+MASK_EDGE_VOXELS = 3.0
 
 
 @dataclass(frozen=True)
 class EnhanceResult:
-    """Summary of one ``enhance_map`` run."""
+    """Summary of one enhanced map."""
 
     output_path: Path
     weights_path: Path
@@ -39,19 +47,96 @@ class EnhanceResult:
     cubes_run: int
     cubes_skipped: int
     normalisation_scale: float
+    extra_outputs: tuple[Path, ...] = ()
+    half_map_resolution_A: float | None = None
+
+
+@dataclass
+class Enhancer:
+    """A loaded network and how to run it; reused across maps so the model loads once.
+
+    Attributes:
+        model: The U-Net, on ``device``.
+        device: Where it runs.
+        weights_path: The checkpoint it came from.
+        batch_size: Cubes per network call.
+        cube_size: Edge of the cubes.
+        core_size: Edge of the kept cores.
+        skip_threshold: Cubes whose normalised input never exceeds this are not run.
+        confidence_passes: Monte-Carlo dropout passes per cube (0: one deterministic pass).
+    """
+
+    model: torch.nn.Module
+    device: torch.device
+    weights_path: Path
+    batch_size: int = 2
+    cube_size: int = 64
+    core_size: int = 50
+    skip_threshold: float = DEFAULT_SKIP_THRESHOLD
+    confidence_passes: int = 0
+    _predict: tiling.Predictor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        tiling.check_cube_sizes(self.cube_size, self.core_size)
+        factor = self.model.config.downsampling_factor
+        if self.cube_size % factor:
+            raise ConfigError(f"cube size {self.cube_size} must be divisible by {factor} "
+                              "for this model")
+        if self.confidence_passes < 0 or self.confidence_passes == 1:
+            raise ConfigError("--confidence needs at least 2 passes (or 0 for none)")
+        self._predict = _predictor(self.model, self.device, self.confidence_passes)
+
+    def run(self, volume: np.ndarray, *, run_mask: np.ndarray | None = None,
+            progress: tiling.ProgressCallback | None = None,
+            on_estimate: tiling.EstimateCallback | None = None,
+            ) -> tuple[np.ndarray, np.ndarray | None, tiling.TilingStats]:
+        """Enhance a normalised 1 Å volume: ``(mean, std or None, stats)``."""
+        out, stats = tiling.enhance_tiled(
+            volume, self._predict, cube_size=self.cube_size, core_size=self.core_size,
+            batch_size=self.batch_size, skip_threshold=self.skip_threshold, run_mask=run_mask,
+            progress=progress, on_estimate=on_estimate)
+        if self.confidence_passes:
+            return out[0], out[1], stats
+        return out, None, stats
+
+
+def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "auto",
+                  batch_size: int = 2, cube_size: int = 64, core_size: int = 50,
+                  threads: int | None = None, confidence: int = 0,
+                  skip_threshold: float = DEFAULT_SKIP_THRESHOLD,
+                  download_progress: DownloadProgress | None = None) -> Enhancer:
+    """Resolve the device and weights and load the network once.
+
+    Raises:
+        CryosamuError: Unknown device, missing/corrupt weights, invalid sizes.
+    """
+    tiling.check_cube_sizes(cube_size, core_size)
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    torch_device = resolve_device(device)
+    _set_threads(threads)
+    weights_path = resolve_weights(weights, progress=download_progress)
+    model = load_model(weights_path).to(torch_device)
+    return Enhancer(model, torch_device, weights_path, batch_size, cube_size, core_size,
+                    skip_threshold, confidence)
 
 
 def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike,
                 weights: str | os.PathLike | None = None, device: str = "auto",
                 batch_size: int = 2, cube_size: int = 64, core_size: int = 50,
                 threads: int | None = None, force: bool = False,
+                half2_path: str | os.PathLike | None = None,
+                mask_path: str | os.PathLike | None = None, mask_mode: str = "keep-inside",
+                strength: float = 1.0, confidence: int = 0,
                 skip_threshold: float = DEFAULT_SKIP_THRESHOLD,
                 progress: tiling.ProgressCallback | None = None,
-                download_progress: DownloadProgress | None = None) -> EnhanceResult:
+                on_estimate: tiling.EstimateCallback | None = None,
+                download_progress: DownloadProgress | None = None,
+                enhancer: Enhancer | None = None) -> EnhanceResult:
     """Enhance one map and write it onto exactly the input's grid.
 
     Args:
-        input_path: MRC/CCP4 map (optionally .gz).
+        input_path: MRC/CCP4 map (optionally .gz); half map 1 when ``half2_path`` is given.
         output_path: Where to write the enhanced map (``.gz`` to compress).
         weights: Checkpoint path; default: the shipped/cached pretrained model.
         device: ``auto``, ``cpu`` or ``cuda:N``.
@@ -59,35 +144,144 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
         cube_size: Edge of the cubes given to the network (divisible by 8 for the default model).
         core_size: Edge of the central part of each output cube that is kept.
         threads: CPU threads for torch (default: torch's choice).
-        force: Overwrite an existing output.
+        force: Overwrite existing outputs.
+        half2_path: Second half map: the average of the halves is enhanced and their FSC is
+            written to ``<output>_fsc.json``.
+        mask_path: Mask on the map's grid, used as ``mask_mode`` says with a soft edge.
+        mask_mode: ``enhance-inside`` (input kept outside) or ``keep-inside`` (input kept inside).
+        strength: 1 = fully enhanced, 0 = the normalised input, between: a linear blend.
+        confidence: Monte-Carlo dropout passes (≥ 2); writes ``<output>_std.mrc``.
         skip_threshold: Cubes whose normalised input never exceeds this are not run.
         progress: ``progress(cubes_done, cubes_to_run)`` callback.
+        on_estimate: ``on_estimate(cubes_to_run, seconds_per_cube)`` after the first cube.
         download_progress: Callback for a first-use weights download.
+        enhancer: A loaded :class:`Enhancer` to reuse (then the model options are ignored).
 
     Raises:
         CryosamuError: Any problem with the input, output, weights, device or options.
     """
     started = time.perf_counter()
-    output_path = mapio.check_output_path(output_path, force=force)
-    tiling.check_cube_sizes(cube_size, core_size)
-    torch_device = resolve_device(device)
-    _set_threads(threads)
-    data, grid = mapio.read_map(input_path)
-    weights_path = resolve_weights(weights, progress=download_progress)
-    model = _prepare_model(weights_path, torch_device, cube_size)
+    _check_blend_options(strength, mask_path, mask_mode)
+    outputs = _planned_outputs(Path(output_path), half2_path is not None, confidence > 0, force)
+    data, grid, fsc_curve = _read_input(input_path, half2_path)
+    mask = _read_mask(mask_path, grid)
+    enhancer = enhancer or load_enhancer(
+        weights=weights, device=device, batch_size=batch_size, cube_size=cube_size,
+        core_size=core_size, threads=threads, confidence=confidence,
+        skip_threshold=skip_threshold, download_progress=download_progress)
     on_1A = grid_ops.resample_to_spacing(data, grid.voxel_size_zyx)
     norm = grid_ops.normalisation_of(on_1A)
-    enhanced_1A, stats = tiling.enhance_tiled(
-        grid_ops.normalise(on_1A, norm), _predictor(model, torch_device),
-        cube_size=cube_size, core_size=core_size, batch_size=batch_size,
-        skip_threshold=skip_threshold, progress=progress)
-    enhanced = grid_ops.resample_to_grid(enhanced_1A, grid_ops.NETWORK_VOXEL_SIZE_A,
-                                         grid.shape_zyx, grid.voxel_size_zyx)
-    mapio.write_map(output_path, enhanced, grid, force=force,
-                    note=f"enhanced, scale 1 = {norm.scale:.4g} input units")
-    return EnhanceResult(output_path, weights_path, str(torch_device),
+    enhanced_1A, std_1A, stats = enhancer.run(
+        grid_ops.normalise(on_1A, norm), run_mask=_run_mask(mask, mask_mode, grid),
+        progress=progress, on_estimate=on_estimate)
+    enhanced = _back_to_grid(enhanced_1A, grid)
+    enhanced = _blend_with_input(enhanced, grid_ops.normalise(data, norm), strength, mask,
+                                 mask_mode)
+    note = f"enhanced, scale 1 = {norm.scale:.4g} input units"
+    mapio.write_map(outputs["map"], enhanced, grid, force=force, note=note)
+    extra = _write_extras(outputs, grid, std_1A, fsc_curve, force)
+    return EnhanceResult(outputs["map"], enhancer.weights_path, str(enhancer.device),
                          time.perf_counter() - started, stats.cubes_total, stats.cubes_run,
-                         stats.cubes_skipped, norm.scale)
+                         stats.cubes_skipped, norm.scale, extra,
+                         fsc_curve.resolution_at(FSC_THRESHOLD) if fsc_curve else None)
+
+
+def _check_blend_options(strength: float, mask_path: object, mask_mode: str) -> None:
+    """Refuse out-of-range strength and unknown mask modes."""
+    if not 0.0 <= strength <= 1.0:
+        raise ConfigError(f"--strength must be between 0 and 1, got {strength}")
+    if mask_path is not None and mask_mode not in MASK_MODES:
+        raise ConfigError(f"unknown mask mode '{mask_mode}': use {' or '.join(MASK_MODES)}")
+
+
+def companion_path(output_path: Path, suffix: str) -> Path:
+    """``out.mrc`` → ``out_std.mrc`` / ``out_fsc.json`` (``.gz`` kept for maps)."""
+    name = output_path.name
+    for ext in (".mrc.gz", ".map.gz", ".mrc", ".map", ".ccp4", ".gz"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    ext = ".json" if suffix == "fsc" else (".mrc.gz" if output_path.name.endswith(".gz")
+                                          else ".mrc")
+    return output_path.with_name(f"{name}_{suffix}{ext}")
+
+
+def _planned_outputs(output_path: Path, with_fsc: bool, with_std: bool,
+                     force: bool) -> dict[str, Path]:
+    """Every file this run will write, each checked before any work is done."""
+    outputs = {"map": output_path}
+    if with_std:
+        outputs["std"] = companion_path(output_path, "std")
+    if with_fsc:
+        outputs["fsc"] = companion_path(output_path, "fsc")
+    for path in outputs.values():
+        mapio.check_output_path(path, force=force)
+    return outputs
+
+
+def _read_input(input_path: str | os.PathLike, half2_path: str | os.PathLike | None,
+                ) -> tuple[np.ndarray, mapio.GridInfo, metrics.FSCCurve | None]:
+    """The map to enhance: the input, or the average of two half maps with their FSC."""
+    data, grid = mapio.read_map(input_path)
+    if half2_path is None:
+        return data, grid, None
+    half2, grid2 = mapio.read_map(half2_path)
+    mapio.check_same_grid(grid, grid2, f"half map {half2_path}")
+    curve = metrics.fsc(data, half2, grid.voxel_size_zyx)
+    return (data + half2) / 2, grid, curve
+
+
+def _read_mask(mask_path: str | os.PathLike | None, grid: mapio.GridInfo) -> np.ndarray | None:
+    """The soft-edged mask weights on the map's grid, or None."""
+    if mask_path is None:
+        return None
+    mask, mask_grid = mapio.read_map(mask_path)
+    mapio.check_same_grid(grid, mask_grid, f"mask {mask_path}")
+    return grid_ops.soft_mask(mask, MASK_EDGE_VOXELS)
+
+
+def _run_mask(mask: np.ndarray | None, mask_mode: str,
+              grid: mapio.GridInfo) -> np.ndarray | None:
+    """Where the network's output is used, on the 1 Å grid: cubes elsewhere need not run."""
+    if mask is None:
+        return None
+    used = mask if mask_mode == "enhance-inside" else 1.0 - mask
+    on_1A = grid_ops.resample_to_spacing(used.astype(np.float32), grid.voxel_size_zyx)
+    # generous: any voxel within two 1 Å voxels of a used one counts
+    return ndimage.binary_dilation(on_1A > 1e-3, iterations=2)
+
+
+def _back_to_grid(volume_1A: np.ndarray, grid: mapio.GridInfo) -> np.ndarray:
+    """Resample a 1 Å result back onto the input's voxels."""
+    return grid_ops.resample_to_grid(volume_1A, grid_ops.NETWORK_VOXEL_SIZE_A, grid.shape_zyx,
+                                     grid.voxel_size_zyx)
+
+
+def _blend_with_input(enhanced: np.ndarray, normalised_input: np.ndarray, strength: float,
+                      mask: np.ndarray | None, mask_mode: str) -> np.ndarray:
+    """Apply ``--strength``, then the mask: where the input is kept, it is kept exactly."""
+    if strength < 1.0:
+        enhanced = grid_ops.blend(enhanced, normalised_input, strength)
+    if mask is None:
+        return enhanced
+    if mask_mode == "keep-inside":
+        return grid_ops.blend(normalised_input, enhanced, mask)
+    return grid_ops.blend(enhanced, normalised_input, mask)
+
+
+def _write_extras(outputs: dict[str, Path], grid: mapio.GridInfo, std_1A: np.ndarray | None,
+                  fsc_curve: metrics.FSCCurve | None, force: bool) -> tuple[Path, ...]:
+    """Write the standard-deviation map and the FSC JSON when they were asked for."""
+    written = []
+    if std_1A is not None:
+        std = np.maximum(_back_to_grid(std_1A, grid), 0.0)
+        written.append(mapio.write_map(outputs["std"], std, grid, force=force,
+                                       note="MC-dropout standard deviation"))
+    if fsc_curve is not None:
+        mapio.check_output_path(outputs["fsc"], force=force)
+        text = json.dumps(fsc_curve.to_dict(FSC_THRESHOLD), indent=1)
+        written.append(write_text_atomic(outputs["fsc"], text + "\n"))
+    return tuple(written)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -99,21 +293,106 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def _prepare_model(weights_path: Path, device: torch.device, cube_size: int) -> torch.nn.Module:
-    """Load the checkpoint onto ``device`` and check the cube size suits it."""
-    model = load_model(weights_path)
-    factor = model.config.downsampling_factor
-    if cube_size % factor:
-        raise ConfigError(f"cube size {cube_size} must be divisible by {factor} for this model")
-    return model.to(device)
-
-
-def _predictor(model: torch.nn.Module, device: torch.device) -> tiling.Predictor:
-    """Wrap the network as a numpy ``(B, n, n, n) → (B, n, n, n)`` function."""
+def _predictor(model: torch.nn.Module, device: torch.device, passes: int) -> tiling.Predictor:
+    """Wrap the network as a numpy function: ``(B, n, n, n)`` → ``(B, n, n, n)``, or
+    ``(B, 2, n, n, n)`` (mean, standard deviation) over ``passes`` Monte-Carlo dropout passes."""
+    model.eval()
+    if passes:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.train()
 
     @torch.inference_mode()
     def predict(batch: np.ndarray) -> np.ndarray:
         inputs = torch.from_numpy(batch).unsqueeze(1).to(device)
-        return model(inputs).squeeze(1).float().cpu().numpy()
+        if not passes:
+            return model(inputs).squeeze(1).float().cpu().numpy()
+        samples = torch.stack([model(inputs).float() for _ in range(passes)])
+        mean, std = samples.mean(dim=0), samples.std(dim=0, correction=0)
+        return torch.cat([mean, std], dim=1).cpu().numpy()
 
     return predict
+
+
+@dataclass(frozen=True)
+class MapOutcome:
+    """What happened to one map of a batch: ``ok``, ``skipped`` or ``failed``."""
+
+    input_path: Path
+    output_path: Path
+    status: str
+    message: str = ""
+    result: EnhanceResult | None = None
+
+
+def output_path_for(input_path: Path, output_dir: Path) -> Path:
+    """``OUT/<name>_enhanced.mrc`` for an input ``<name>.map`` (``.gz`` and the like dropped)."""
+    return companion_path(output_dir / input_path.name, "enhanced")
+
+
+def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
+                 skip_existing: bool = False, force: bool = False,
+                 weights: str | os.PathLike | None = None, device: str = "auto",
+                 batch_size: int = 2, cube_size: int = 64, core_size: int = 50,
+                 threads: int | None = None, confidence: int = 0,
+                 on_map_start: Callable[[Path, int, int], None] | None = None,
+                 **map_options: object) -> list[MapOutcome]:
+    """Enhance many maps into ``output_dir`` with one loaded model.
+
+    One map failing is recorded and the others go on. With ``skip_existing`` a map whose output
+    already exists is left alone, so a re-run after an interruption does only what is missing.
+
+    Args:
+        input_paths: Maps to enhance.
+        output_dir: Existing folder for ``<name>_enhanced.mrc`` files.
+        skip_existing: Leave maps whose output exists untouched.
+        force: Overwrite existing outputs (ignored with ``skip_existing``).
+        on_map_start: Called as ``on_map_start(path, index, count)`` before each map.
+        map_options: Passed on to :func:`enhance_map` (mask, strength, progress, ...).
+
+    Raises:
+        CryosamuError: Only for problems shared by all maps (output folder, weights, device).
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise OutputError(f"output folder does not exist: {output_dir}")
+    enhancer = None
+    outcomes = []
+    for index, input_path in enumerate(Path(p) for p in input_paths):
+        target = output_path_for(input_path, output_dir)
+        if skip_existing and target.exists():
+            outcomes.append(MapOutcome(input_path, target, "skipped", "output exists"))
+            continue
+        if on_map_start is not None:
+            on_map_start(input_path, index, len(input_paths))
+        enhancer = enhancer or load_enhancer(
+            weights=weights, device=device, batch_size=batch_size, cube_size=cube_size,
+            core_size=core_size, threads=threads, confidence=confidence)
+        try:
+            result = enhance_map(input_path=input_path, output_path=target,
+                                 force=force and not skip_existing, confidence=confidence,
+                                 enhancer=enhancer, **map_options)
+            outcomes.append(MapOutcome(input_path, target, "ok", result=result))
+        except CryosamuError as exc:
+            outcomes.append(MapOutcome(input_path, target, "failed", str(exc)))
+    return outcomes
+
+
+def expand_inputs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
+    """Input paths with glob patterns (``'maps/*.map'``, quoted from the shell) expanded.
+
+    Raises:
+        ConfigError: A pattern matches no file.
+    """
+    import glob
+
+    paths: list[Path] = []
+    for pattern in map(str, patterns):
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise ConfigError(f"no file matches {pattern}")
+            paths.extend(Path(m) for m in matches)
+        else:
+            paths.append(Path(pattern))
+    return paths

@@ -96,3 +96,27 @@ def normalise(data: np.ndarray, norm: Normalisation) -> np.ndarray:
     out /= np.float32(norm.scale)
     np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def soft_mask(mask: np.ndarray, edge_voxels: float = 3.0, threshold: float = 0.5) -> np.ndarray:
+    """A mask with a cosine fall-off: 1 inside, 0 beyond ``edge_voxels`` outside.
+
+    Voxels above ``threshold`` are inside. Outside, the weight falls as
+    ``0.5 * (1 + cos(pi * d / edge_voxels))`` with ``d`` the distance (in voxels) to the nearest
+    inside voxel, so blending through it leaves no seam.
+
+    Raises:
+        InvalidMapError: The mask has no voxel above ``threshold``.
+    """
+    inside = mask > threshold
+    if not inside.any():
+        raise InvalidMapError(f"the mask has no voxel above {threshold}")
+    distance = ndimage.distance_transform_edt(~inside)
+    weights = np.where(distance < edge_voxels,
+                       0.5 * (1.0 + np.cos(np.pi * np.minimum(distance / edge_voxels, 1.0))), 0.0)
+    return weights.astype(np.float32)
+
+
+def blend(primary: np.ndarray, secondary: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
+    """``weight * primary + (1 - weight) * secondary`` as float32."""
+    return (weight * primary + (1.0 - weight) * secondary).astype(np.float32)

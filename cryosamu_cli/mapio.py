@@ -9,7 +9,6 @@ Nothing here knows about torch.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ import mrcfile
 import numpy as np
 
 from cryosamu_cli import __version__
+from cryosamu_cli.atomic import atomic_target
 from cryosamu_cli.errors import InvalidMapError, MapReadError, OutputError
 
 MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs", ".rec")
@@ -61,6 +61,11 @@ class GridInfo:
         """Voxel size in Å in the order of the canonical array axes (z, y, x)."""
         x, y, z = self.voxel_size_A
         return (z, y, x)
+
+    @property
+    def nstart_xyz(self) -> tuple[int, int, int]:
+        """Header nstart along x, y, z (whatever the file's axis order)."""
+        return tuple(self.nstart[self.axis_order.index(axis)] for axis in (1, 2, 3))
 
     @property
     def axis_order_text(self) -> str:
@@ -172,6 +177,25 @@ def _check_finite(data: np.ndarray, path: Path) -> None:
         raise InvalidMapError(f"{path} contains {bad} NaN or infinite values")
 
 
+def check_same_grid(grid: GridInfo, other: GridInfo, what: str) -> None:
+    """Check that ``other`` (a half map or mask) lies on the same voxels as ``grid``.
+
+    Shape, voxel size, origin and nstart are compared along x, y, z, so a file written in
+    another axis order but on the same voxels is accepted.
+
+    Raises:
+        InvalidMapError: Naming the first field that differs.
+    """
+    checks = (("shape (z, y, x)", grid.shape_zyx, other.shape_zyx, 0.0),
+              ("voxel size", grid.voxel_size_A, other.voxel_size_A, 1e-3),
+              ("origin", grid.origin_A, other.origin_A, 1e-2),
+              ("nstart (x, y, z)", grid.nstart_xyz, other.nstart_xyz, 0.0))
+    for name, mine, theirs, tolerance in checks:
+        if any(abs(a - b) > tolerance for a, b in zip(mine, theirs)):
+            raise InvalidMapError(f"{what} is not on the map's grid: {name} {tuple(theirs)} "
+                                  f"differs from {tuple(mine)}")
+
+
 def check_output_path(path: str | os.PathLike, *, force: bool = False) -> Path:
     """Check that ``path`` can be written before any work is done.
 
@@ -216,16 +240,11 @@ def write_map(path: str | os.PathLike, data: np.ndarray, grid: GridInfo, *,
         raise ValueError(f"data shape {data.shape} does not match grid {grid.shape_zyx}")
     file_data = np.ascontiguousarray(np.transpose(data, _zyx_to_file(grid.axis_order)),
                                      dtype=np.float32)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
     try:
-        _write_file(Path(tmp_name), file_data, grid, note, gzip=path.suffix == ".gz")
-        os.replace(tmp_name, path)
+        with atomic_target(path) as tmp:
+            _write_file(tmp, file_data, grid, note, gzip=path.suffix == ".gz")
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {_first_line(exc)}") from exc
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
     return path
 
 

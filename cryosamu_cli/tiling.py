@@ -3,7 +3,8 @@
 A volume ``[z, y, x]`` is zero-padded and cut into overlapping ``cube_size``³ cubes whose
 central ``core_size``³ cores tile the volume without gaps; only the cores of the network's
 outputs are stitched back. Cubes whose input has no density above ``skip_threshold`` are not
-run: their core is zero in the output. Cubes go to the network ``batch_size`` at a time, so
+run: their core is zero in the output. The first cube runs alone and is timed, for an estimate
+of the whole run; the others go to the network ``batch_size`` at a time, so
 memory holds the volume, the output and one batch, whatever the number of cubes. Nothing here
 knows about torch: the network is any callable from a ``(B, n, n, n)`` array to one of the
 same shape.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -22,6 +24,7 @@ from cryosamu_cli.errors import ConfigError
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 ProgressCallback = Callable[[int, int], None]
+EstimateCallback = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
@@ -104,50 +107,79 @@ def check_cube_sizes(cube_size: int, core_size: int) -> None:
 
 def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = 64,
                   core_size: int = 50, batch_size: int = 4, skip_threshold: float = 0.0,
-                  progress: ProgressCallback | None = None) -> tuple[np.ndarray, TilingStats]:
+                  run_mask: np.ndarray | None = None, progress: ProgressCallback | None = None,
+                  on_estimate: EstimateCallback | None = None) -> tuple[np.ndarray, TilingStats]:
     """Run ``predict`` over ``volume[z, y, x]`` cube by cube and stitch the cores.
 
     Args:
         volume: Normalised input volume.
-        predict: Network stand-in: ``(B, cube, cube, cube)`` float32 in, same shape out.
-        cube_size: Edge of the cubes given to ``predict``.
+        predict: Network stand-in: ``(B, n, n, n)`` float32 in; ``(B, n, n, n)`` out, or
+            ``(B, K, n, n, n)`` for K outputs per cube (e.g. mean and standard deviation).
+        cube_size: Edge ``n`` of the cubes given to ``predict``.
         core_size: Edge of the kept central part of each output cube.
         batch_size: Cubes per call of ``predict``.
         skip_threshold: Cubes whose input maximum is at or below this are not run (output 0).
-        progress: Called as ``progress(cubes_done, cubes_to_run)`` after every batch.
+        run_mask: Optional boolean volume: cubes whose core holds no true voxel are not run.
+        progress: Called as ``progress(cubes_done, cubes_to_run)``, first with 0 done.
+        on_estimate: Called once as ``on_estimate(cubes_to_run, seconds_per_cube)`` after the
+            first cube, which runs alone as the measurement.
 
     Returns:
-        The stitched volume (same shape as ``volume``) and the run's :class:`TilingStats`.
+        The stitched volume (``volume.shape``, or ``(K, *volume.shape)``) and the run's
+        :class:`TilingStats`.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     plan = CubePlan(tuple(volume.shape), cube_size, core_size)
     padded = plan.pad(volume.astype(np.float32, copy=False))
-    to_run = [idx for idx in plan.cube_indices()
-              if float(padded[plan.cube_slices(idx)].max()) > skip_threshold]
-    output = np.zeros(volume.shape, dtype=np.float32)
+    to_run = _cubes_to_run(plan, padded, skip_threshold, run_mask)
+    output = None
+    if progress is not None:
+        progress(0, len(to_run))
     done = 0
     for batch_indices in _batches(to_run, batch_size):
-        batch = np.stack([padded[plan.cube_slices(idx)] for idx in batch_indices])
-        _stitch(output, predict(batch), batch_indices, plan)
+        started = time.perf_counter()
+        cubes = predict(np.stack([padded[plan.cube_slices(idx)] for idx in batch_indices]))
+        if done == 0 and on_estimate is not None:
+            on_estimate(len(to_run), time.perf_counter() - started)
+        if output is None:
+            output = np.zeros(cubes.shape[1:-3] + volume.shape, dtype=np.float32)
+        _stitch(output, cubes, batch_indices, plan)
         done += len(batch_indices)
         if progress is not None:
             progress(done, len(to_run))
+    if output is None:
+        output = np.zeros(volume.shape, dtype=np.float32)
     return output, TilingStats(plan.n_cubes, len(to_run), plan.n_cubes - len(to_run))
 
 
+def _cubes_to_run(plan: CubePlan, padded: np.ndarray, skip_threshold: float,
+                  run_mask: np.ndarray | None) -> list[tuple[int, int, int]]:
+    """Indices of the cubes that hold density (and, with ``run_mask``, a voxel to enhance)."""
+    chosen = []
+    for idx in plan.cube_indices():
+        if float(padded[plan.cube_slices(idx)].max()) <= skip_threshold:
+            continue
+        if run_mask is not None and not run_mask[plan.core_slices(idx)[0]].any():
+            continue
+        chosen.append(idx)
+    return chosen
+
+
 def _batches(items: list, size: int) -> Iterator[list]:
-    """Consecutive chunks of ``items`` of at most ``size`` elements."""
-    for start in range(0, len(items), size):
+    """The first item alone (the timing measurement), then chunks of at most ``size`` items."""
+    if items:
+        yield items[:1]
+    for start in range(1, len(items), size):
         yield items[start:start + size]
 
 
 def _stitch(output: np.ndarray, cubes: np.ndarray, indices: list[tuple[int, int, int]],
             plan: CubePlan) -> None:
     """Copy the core of each predicted cube into ``output``."""
-    expected = (len(indices),) + (plan.cube_size,) * 3
+    expected = (len(indices),) + output.shape[:-3] + (plan.cube_size,) * 3
     if cubes.shape != expected:
         raise ValueError(f"network returned shape {cubes.shape}, expected {expected}")
     for cube, idx in zip(cubes, indices):
         in_volume, in_cube = plan.core_slices(idx)
-        output[in_volume] = cube[in_cube]
+        output[(..., *in_volume)] = cube[(..., *in_cube)]

@@ -23,6 +23,7 @@ from typing import Any
 
 import platformdirs
 
+from cryosamu_cli.atomic import atomic_target
 from cryosamu_cli.errors import ConfigError, DownloadError, WeightsError
 
 CHECKPOINT_FORMAT = 1
@@ -243,14 +244,8 @@ def save_checkpoint(path: str | os.PathLike, model: Any, extra: dict[str, Any] |
     path = Path(path)
     payload = {"format": CHECKPOINT_FORMAT, "config": model.config.to_dict(),
                "state_dict": model.state_dict(), **(extra or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -16,7 +16,8 @@ from tests.conftest import SHARED_MAPS, smooth_volume, write_mrc
 @pytest.fixture
 def pass_through(monkeypatch):
     """Replace the network (only) by an identity stand-in."""
-    monkeypatch.setattr(enhance, "_predictor", lambda model, device: lambda batch: batch.copy())
+    monkeypatch.setattr(enhance, "_predictor",
+                        lambda model, device, passes: lambda batch: batch.copy())
 
 
 def _header(path):

@@ -63,7 +63,7 @@ def test_skipping_empty_cubes_gives_the_same_output_as_not_skipping():
     assert s1.cubes_skipped > 0 and s1.cubes_run + s1.cubes_skipped == s1.cubes_total
 
 
-def test_cubes_are_streamed_in_batches():
+def test_cubes_are_streamed_in_batches_after_one_timed_cube():
     seen = []
 
     def record(batch):
@@ -71,11 +71,30 @@ def test_cubes_are_streamed_in_batches():
         return batch
 
     volume = np.abs(smooth_volume((130, 110, 60))) + 0.01
-    progress = []
+    progress, estimates = [], []
     tiling.enhance_tiled(volume, record, batch_size=4,
-                         progress=lambda done, total: progress.append((done, total)))
-    assert max(seen) == 4 and sum(seen) == 3 * 3 * 2
-    assert progress[-1] == (18, 18) and len(progress) == len(seen)
+                         progress=lambda done, total: progress.append((done, total)),
+                         on_estimate=lambda total, seconds: estimates.append((total, seconds)))
+    assert seen == [1, 4, 4, 4, 4, 1]  # 18 cubes: one measured alone, then batches of 4
+    assert progress[0] == (0, 18) and progress[-1] == (18, 18) and len(progress) == 7
+    assert len(estimates) == 1 and estimates[0][0] == 18 and estimates[0][1] >= 0
+
+
+def test_several_outputs_per_cube_are_stitched_alike():
+    volume = np.abs(smooth_volume((70, 30, 55)))
+    out, _ = tiling.enhance_tiled(volume, lambda b: np.stack([b, 2 * b], axis=1))
+    assert out.shape == (2, 70, 30, 55)
+    assert np.array_equal(out[0], volume) and np.array_equal(out[1], 2 * volume)
+
+
+def test_run_mask_limits_the_cubes_run():
+    volume = np.abs(smooth_volume((150, 60, 60))) + 0.01
+    run_mask = np.zeros(volume.shape, bool)
+    run_mask[120:125, 10:12, 5:7] = True
+    out, stats = tiling.enhance_tiled(volume, identity, run_mask=run_mask)
+    assert stats.cubes_run == 1 and stats.cubes_total == 3 * 2 * 2
+    assert np.array_equal(out[100:150, :50, :50], volume[100:150, :50, :50])
+    assert not out[:100].any()
 
 
 @pytest.mark.parametrize("cube, core", [(64, 51), (64, 70), (64, 0)])

@@ -1,4 +1,4 @@
-"""``cryosamu enhance``."""
+"""``cryosamu enhance``: one map with ``-o``, or many with ``--output-dir``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
 
 from cryosamu_cli.cli.common import (DeviceOpt, ForceOpt, QuietOpt, WeightsOpt, console, epilog,
                                      user_errors)
@@ -16,64 +17,149 @@ app = typer.Typer()
 
 EXAMPLE = """cryosamu enhance emd_24496.map -o emd_24496_enhanced.mrc
 
-cryosamu enhance map.mrc.gz -o out.mrc --device cuda:0 --batch-size 8 --force"""
+cryosamu enhance maps/*.map --output-dir enhanced/ --skip-existing
+
+cryosamu enhance half1.mrc --half2 half2.mrc -o avg_enhanced.mrc --confidence 8
+
+cryosamu enhance map.mrc -o out.mrc --mask ligand_mask.mrc --mask-mode keep-inside --strength 0.7"""
 
 
 @app.command("enhance", epilog=epilog(EXAMPLE))
 def enhance_cmd(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT", dir_okay=False,
-                                               help="Map to enhance (.mrc/.map/.ccp4, or .gz).")],
-    output_path: Annotated[Path, typer.Option("--output", "-o", dir_okay=False,
-                                              help="Enhanced map to write (.mrc, or .gz).")],
+    inputs: Annotated[list[Path], typer.Argument(
+        metavar="INPUT...", help="Maps to enhance (.mrc/.map/.ccp4, or .gz); globs allowed.")],
+    output_path: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", dir_okay=False, help="Enhanced map to write (one INPUT).")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(
+        "--output-dir", file_okay=False, help="Folder for <name>_enhanced.mrc (any number of "
+        "INPUTs).")] = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option(help="Cubes per network call.", min=1)] = 2,
     cube_size: Annotated[int, typer.Option(help="Edge of the cubes the network sees.")] = 64,
     core_size: Annotated[int, typer.Option(help="Edge of the kept centre of each cube.")] = 50,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.", min=1)] = None,
+    half2: Annotated[Optional[Path], typer.Option(
+        "--half2", dir_okay=False, help="Second half map (INPUT is the first): enhance their "
+        "average and write their FSC to <output>_fsc.json.")] = None,
+    mask: Annotated[Optional[Path], typer.Option(
+        "--mask", dir_okay=False, help="Mask on the map's grid (soft edge added).")] = None,
+    mask_mode: Annotated[str, typer.Option(
+        help="enhance-inside: enhance only within the mask; keep-inside: keep the input "
+        "density within it (ligands, lipids, RNA).")] = "keep-inside",
+    strength: Annotated[float, typer.Option(
+        help="1 = fully enhanced, 0 = the normalised input; in between, a blend.")] = 1.0,
+    confidence: Annotated[int, typer.Option(
+        help="Monte-Carlo dropout passes (≥ 2): output their mean and write the per-voxel "
+        "standard deviation to <output>_std.mrc.", min=0)] = 0,
+    skip_existing: Annotated[bool, typer.Option(
+        "--skip-existing", help="With --output-dir: leave maps whose output exists.")] = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Enhance a cryo-EM map; the output lies on exactly the input's grid and header.
+    """Enhance cryo-EM maps; each output lies on exactly its input's grid and header.
 
     The written density is on the network's normalised scale: 0 is solvent, 1 is the 99.9th percentile of the input's positive density.
     """
     from cryosamu_cli import enhance as enhance_lib
+    from cryosamu_cli.errors import ConfigError
 
-    with user_errors(), _ProgressBars(quiet) as (on_cubes, on_download):
-        result = enhance_lib.enhance_map(
-            input_path=input_path, output_path=output_path, weights=weights, device=device,
-            batch_size=batch_size, cube_size=cube_size, core_size=core_size, threads=threads,
-            force=force, progress=on_cubes, download_progress=on_download)
-    if not quiet:
-        console.print(f"Enhanced in {result.seconds:.1f} s on {result.device}: "
-                      f"{result.cubes_run} cubes run, {result.cubes_skipped} skipped → "
-                      f"{result.output_path}")
+    map_options = dict(half2_path=half2, mask_path=mask, mask_mode=mask_mode, strength=strength)
+    model_options = dict(weights=weights, device=device, batch_size=batch_size,
+                         cube_size=cube_size, core_size=core_size, threads=threads,
+                         confidence=confidence)
+    with user_errors(), _ProgressBars(quiet) as bars:
+        paths = enhance_lib.expand_inputs(inputs)
+        if (output_path is None) == (output_dir is None):
+            raise ConfigError("give either -o OUTPUT (one map) or --output-dir DIR")
+        if output_path is not None and len(paths) != 1:
+            raise ConfigError(f"-o takes one INPUT but {len(paths)} were given; use --output-dir")
+        if output_path is not None:
+            result = enhance_lib.enhance_map(
+                input_path=paths[0], output_path=output_path, force=force, **model_options,
+                **map_options, **bars.callbacks(download=True))
+        else:
+            outcomes = enhance_lib.enhance_many(
+                input_paths=paths, output_dir=output_dir, skip_existing=skip_existing,
+                force=force, on_map_start=bars.new_map, **model_options, **map_options,
+                **bars.callbacks(download=False))
+    if output_path is not None:
+        if not quiet:
+            _print_summary(result)
+        return
+    _print_table(outcomes)
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(code=1)
+
+
+def _print_summary(result) -> None:
+    extra = "".join(f", {p}" for p in result.extra_outputs)
+    half = (f"; half-map FSC=0.143 at {result.half_map_resolution_A:.2f} Å"
+            if result.half_map_resolution_A else "")
+    console.print(f"Enhanced in {result.seconds:.1f} s on {result.device}: {result.cubes_run} "
+                  f"cubes run, {result.cubes_skipped} skipped → {result.output_path}{extra}{half}")
+
+
+def _print_table(outcomes) -> None:
+    table = Table("map", "status", "cubes run", "cubes skipped", "seconds", "output / reason")
+    for o in outcomes:
+        r = o.result
+        table.add_row(str(o.input_path), o.status, str(r.cubes_run) if r else "",
+                      str(r.cubes_skipped) if r else "", f"{r.seconds:.1f}" if r else "",
+                      str(o.output_path) if o.status == "ok" else o.message)
+    console.print(table)
+    count = {status: sum(o.status == status for o in outcomes) for status in ("ok", "skipped",
+                                                                               "failed")}
+    console.print(f"{len(outcomes)} maps: {count['ok']} enhanced, {count['skipped']} skipped "
+                  f"(output exists), {count['failed']} failed")
 
 
 class _ProgressBars:
-    """Rich progress bars for the cubes and a weights download (nothing when quiet)."""
+    """Rich progress: one bar for the cubes of the current map, one for a weights download."""
 
     def __init__(self, quiet: bool) -> None:
-        self.bar = None if quiet else Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, transient=False)
-        self.tasks: dict[str, int] = {}
+        self.quiet = quiet
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                            console=console)
+        self.cube_task: int | None = None
+        self.download_task: int | None = None
+        self.label = "cubes"
 
-    def __enter__(self):
-        if self.bar is None:
-            return None, None
-        return self._update("cubes"), self._update("download (bytes)")
+    def __enter__(self) -> "_ProgressBars":
+        return self
 
     def __exit__(self, *exc_info) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.stop()
 
-    def _update(self, name: str):
-        def callback(done: int, total: int | None) -> None:
-            if name not in self.tasks:
-                self.bar.start()
-                self.tasks[name] = self.bar.add_task(name, total=total)
-            self.bar.update(self.tasks[name], completed=done, total=total)
-        return callback
+    def callbacks(self, download: bool) -> dict:
+        """Keyword arguments for the library's progress hooks (none when quiet)."""
+        if self.quiet:
+            return {}
+        hooks = {"progress": self.cubes, "on_estimate": self.estimate}
+        return {**hooks, "download_progress": self.download} if download else hooks
+
+    def new_map(self, path: Path, index: int, count: int) -> None:
+        """Label the cube bar with the map now running."""
+        self.label = f"[{index + 1}/{count}] {path.name}"
+        if not self.quiet:
+            console.print(f"{self.label}")
+
+    def cubes(self, done: int, total: int) -> None:
+        self.bar.start()
+        if self.cube_task is None:
+            self.cube_task = self.bar.add_task(self.label, total=total)
+        if done == 0:
+            self.bar.reset(self.cube_task, total=total, description=self.label)
+        self.bar.update(self.cube_task, completed=done)
+
+    def estimate(self, cubes_to_run: int, seconds_per_cube: float) -> None:
+        minutes = cubes_to_run * seconds_per_cube / 60
+        console.print(f"{cubes_to_run} cubes to run; about {minutes:.1f} min "
+                      f"({seconds_per_cube:.2f} s for the first cube)")
+
+    def download(self, done: int, total: int | None) -> None:
+        self.bar.start()
+        if self.download_task is None:
+            self.download_task = self.bar.add_task("weights download (bytes)", total=total)
+        self.bar.update(self.download_task, completed=done, total=total)
