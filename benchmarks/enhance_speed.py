@@ -24,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import random_checkpoint  # noqa: E402
+
 
 def synthetic_map(edge: int, seed: int = 0) -> np.ndarray:
     """Smooth positive density inside a centred sphere, zero outside."""
@@ -39,13 +42,8 @@ def synthetic_map(edge: int, seed: int = 0) -> np.ndarray:
 
 def run_one(args: argparse.Namespace) -> dict:
     """Enhance one synthetic map in this process and return its figures."""
-    import torch
-
     from cryosamu_cli.enhance import enhance_map
     from cryosamu_cli.mapio import GridInfo, write_map
-    from cryosamu_cli.model import UNetConfig
-    from cryosamu_cli.model.unet import UNet3D
-    from cryosamu_cli.weights import save_checkpoint
 
     edge = args.single
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,11 +51,7 @@ def run_one(args: argparse.Namespace) -> dict:
         grid = GridInfo((edge,) * 3, (1.0,) * 3, (0.0,) * 3, (0, 0, 0), (float(edge),) * 3,
                         (90.0,) * 3, (edge,) * 3, (1, 2, 3), 1)
         source = write_map(tmp / "in.mrc", synthetic_map(edge), grid)
-        weights = args.weights
-        if weights is None:
-            torch.manual_seed(0)
-            model = UNet3D.from_config(UNetConfig(base_channels=args.base_channels))
-            weights = save_checkpoint(tmp / "random.pt", model)
+        weights = args.weights or random_checkpoint(tmp / "random.pt", args.base_channels)
         started = time.perf_counter()
         result = enhance_map(input_path=source, output_path=tmp / "out.mrc", weights=weights,
                              device=args.device, batch_size=args.batch_size, threads=args.threads)

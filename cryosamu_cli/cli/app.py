@@ -32,3 +32,7 @@ def root(version: Annotated[Optional[bool], typer.Option(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Atomic models (PDB / mmCIF, optionally gzipped) through gemmi."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cryosamu_cli.errors import CryosamuError
+
+
+class StructureError(CryosamuError):
+    """A model file is missing, unreadable or holds no atoms."""
+
+
+@dataclass(frozen=True)
+class Atoms:
+    """The atoms of the first model, as flat arrays.
+
+    Attributes:
+        xyz: ``(M, 3)`` Cartesian coordinates in Å.
+        element: ``(M,)`` element symbols, upper case (``'C'``, ``'SE'``).
+        atomic_number: ``(M,)`` atomic numbers.
+        b_iso: ``(M,)`` isotropic B-factors in Å².
+        occupancy: ``(M,)`` occupancies.
+        residue_index: ``(M,)`` index into ``residues`` of each atom's residue.
+        residues: ``(chain, seqid, name)`` of every residue, in file order.
+    """
+
+    xyz: np.ndarray
+    element: np.ndarray
+    atomic_number: np.ndarray
+    b_iso: np.ndarray
+    occupancy: np.ndarray
+    residue_index: np.ndarray
+    residues: tuple[tuple[str, str, str], ...]
+
+    def __len__(self) -> int:
+        return len(self.xyz)
+
+
+def read_atoms(path: str | os.PathLike) -> Atoms:
+    """Read every atom of the first model of a PDB or mmCIF file (alternate conformers kept).
+
+    Raises:
+        StructureError: Missing or unreadable file, or a model without atoms.
+    """
+    import gemmi
+
+    path = Path(path)
+    if not path.is_file():
+        raise StructureError(f"model file not found: {path}")
+    try:
+        structure = gemmi.read_structure(str(path))
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise StructureError(f"cannot read model {path}: {exc}") from exc
+    if len(structure) == 0:
+        raise StructureError(f"model {path} holds no atoms")
+    return _atoms_of(structure[0], path)
+
+
+def _atoms_of(model, path: Path) -> Atoms:
+    """Flatten one gemmi model."""
+    xyz, element, number, b_iso, occupancy, residue_index, residues = [], [], [], [], [], [], []
+    for chain in model:
+        for residue in chain:
+            residues.append((chain.name, str(residue.seqid).strip(), residue.name))
+            for atom in residue:
+                xyz.append(atom.pos.tolist())
+                element.append(atom.element.name.upper())
+                number.append(atom.element.atomic_number)
+                b_iso.append(atom.b_iso)
+                occupancy.append(atom.occ)
+                residue_index.append(len(residues) - 1)
+    if not xyz:
+        raise StructureError(f"model {path} holds no atoms")
+    return Atoms(np.array(xyz, float), np.array(element), np.array(number, int),
+                 np.array(b_iso, float), np.array(occupancy, float),
+                 np.array(residue_index, int), tuple(residues))
