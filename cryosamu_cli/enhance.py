@@ -49,6 +49,25 @@ class EnhanceResult:
     normalisation_scale: float
     extra_outputs: tuple[Path, ...] = ()
     half_map_resolution_A: float | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class StageClock:
+    """Accumulates wall time per named stage of a run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        """Charge the time since the previous lap to ``stage``."""
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Charge ``seconds`` measured elsewhere to ``stage``."""
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
 
 @dataclass
@@ -160,30 +179,46 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
     Raises:
         CryosamuError: Any problem with the input, output, weights, device or options.
     """
-    started = time.perf_counter()
+    started, clock = time.perf_counter(), StageClock()
     _check_blend_options(strength, mask_path, mask_mode)
     outputs = _planned_outputs(Path(output_path), half2_path is not None, confidence > 0, force)
     data, grid, fsc_curve = _read_input(input_path, half2_path)
     mask = _read_mask(mask_path, grid)
+    clock.lap("read")
     enhancer = enhancer or load_enhancer(
         weights=weights, device=device, batch_size=batch_size, cube_size=cube_size,
         core_size=core_size, threads=threads, confidence=confidence,
         skip_threshold=skip_threshold, download_progress=download_progress)
+    clock.lap("load")
     on_1A = grid_ops.resample_to_spacing(data, grid.voxel_size_zyx)
     norm = grid_ops.normalisation_of(on_1A)
-    enhanced_1A, std_1A, stats = enhancer.run(
-        grid_ops.normalise(on_1A, norm), run_mask=_run_mask(mask, mask_mode, grid),
-        progress=progress, on_estimate=on_estimate)
+    run_mask = _run_mask(mask, mask_mode, grid)
+    normalised_1A = grid_ops.normalise(on_1A, norm)
+    clock.lap("resample")
+    enhanced_1A, std_1A, stats = enhancer.run(normalised_1A, run_mask=run_mask,
+                                              progress=progress, on_estimate=on_estimate)
+    clock.lap("tiles")
     enhanced = _back_to_grid(enhanced_1A, grid)
     enhanced = _blend_with_input(enhanced, grid_ops.normalise(data, norm), strength, mask,
                                  mask_mode)
+    clock.lap("resample")
     note = f"enhanced, scale 1 = {norm.scale:.4g} input units"
     mapio.write_map(outputs["map"], enhanced, grid, force=force, note=note)
     extra = _write_extras(outputs, grid, std_1A, fsc_curve, force)
+    clock.lap("write")
+    stages = _split_tiles(clock.seconds, stats)
     return EnhanceResult(outputs["map"], enhancer.weights_path, str(enhancer.device),
                          time.perf_counter() - started, stats.cubes_total, stats.cubes_run,
                          stats.cubes_skipped, norm.scale, extra,
-                         fsc_curve.resolution_at(FSC_THRESHOLD) if fsc_curve else None)
+                         fsc_curve.resolution_at(FSC_THRESHOLD) if fsc_curve else None, stages)
+
+
+def _split_tiles(seconds: dict[str, float], stats: tiling.TilingStats) -> dict[str, float]:
+    """Replace the ``tiles`` stage by its network and stitch parts."""
+    stages = {k: v for k, v in seconds.items() if k != "tiles"}
+    stages["network"] = stats.network_seconds
+    stages["stitch"] = seconds.get("tiles", 0.0) - stats.network_seconds
+    return stages
 
 
 def _check_blend_options(strength: float, mask_path: object, mask_mode: str) -> None:

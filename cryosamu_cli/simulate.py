@@ -136,7 +136,7 @@ def model_map(atoms, shape_zyx: tuple[int, int, int], voxel_size_A: tuple[float,
     coefficients[s2 >= 1.0 / resolution_A ** 2] = 0.0
     spectrum = np.zeros((shape_zyx[0], shape_zyx[1], shape_zyx[2] // 2 + 1), complex)
     spectrum[np.ix_(lz % shape_zyx[0], ky % shape_zyx[1], hx)] = coefficients
-    return np.fft.irfftn(spectrum, s=shape_zyx).astype(np.float32)
+    return np.fft.irfftn(spectrum, s=shape_zyx, axes=(0, 1, 2)).astype(np.float32)
 
 
 def structure_factors(atoms, cell_A: np.ndarray, origin_xyz: np.ndarray,
@@ -148,17 +148,21 @@ def structure_factors(atoms, cell_A: np.ndarray, origin_xyz: np.ndarray,
     """
     fractional = (atoms.xyz - origin_xyz) / cell_A
     hx, ky, lz = indices
+    s2 = ((hx[None, None, :] / cell_A[0]) ** 2 + (ky[None, :, None] / cell_A[1]) ** 2
+          + (lz[:, None, None] / cell_A[2]) ** 2)
     coefficients = np.zeros((len(lz), len(ky), len(hx)), complex)
     for element in np.unique(atoms.element):
-        chosen = atoms.element == element
-        a, b = form_factor(str(element), int(atoms.atomic_number[chosen][0]))
-        weights = (atoms.occupancy[chosen][:, None] * a[None, :]).ravel()
-        b_total = (atoms.b_iso[chosen][:, None] + b[None, :]).ravel()
-        frac = np.repeat(fractional[chosen], len(a), axis=0)
-        for start in range(0, len(weights), _FCALC_CHUNK):
-            part = slice(start, start + _FCALC_CHUNK)
-            coefficients += _separable_sum(weights[part], b_total[part], frac[part], cell_A,
-                                           indices)
+        chosen = np.nonzero(atoms.element == element)[0]
+        a, b = form_factor(str(element), int(atoms.atomic_number[chosen[0]]))
+        # f(s) exp(-B s^2/4) = [sum_t a_t exp(-b_t s^2/4)] exp(-B s^2/4): the atom sum is done
+        # once per element and multiplied by the element's form factor afterwards
+        atoms_sum = np.zeros_like(coefficients)
+        for start in range(0, len(chosen), _FCALC_CHUNK):
+            part = chosen[start:start + _FCALC_CHUNK]
+            atoms_sum += _separable_sum(atoms.occupancy[part], atoms.b_iso[part],
+                                        fractional[part], cell_A, indices)
+        form = sum(a_t * np.exp(-b_t * s2 / 4.0) for a_t, b_t in zip(a, b))
+        coefficients += form * atoms_sum
     return coefficients
 
 

@@ -86,11 +86,13 @@ class CubePlan:
 
 @dataclass(frozen=True)
 class TilingStats:
-    """What a tiled run did: cubes in the plan, cubes run through the network, cubes skipped."""
+    """What a tiled run did: cubes in the plan, run through the network and skipped, and the
+    seconds spent inside the network."""
 
     cubes_total: int
     cubes_run: int
     cubes_skipped: int
+    network_seconds: float = 0.0
 
 
 def check_cube_sizes(cube_size: int, core_size: int) -> None:
@@ -136,12 +138,14 @@ def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = 64
     output = None
     if progress is not None:
         progress(0, len(to_run))
-    done = 0
+    done, network_s = 0, 0.0
     for batch_indices in _batches(to_run, batch_size):
+        batch = np.stack([padded[plan.cube_slices(idx)] for idx in batch_indices])
         started = time.perf_counter()
-        cubes = predict(np.stack([padded[plan.cube_slices(idx)] for idx in batch_indices]))
+        cubes = predict(batch)
+        network_s += time.perf_counter() - started
         if done == 0 and on_estimate is not None:
-            on_estimate(len(to_run), time.perf_counter() - started)
+            on_estimate(len(to_run), network_s)
         if output is None:
             output = np.zeros(cubes.shape[1:-3] + volume.shape, dtype=np.float32)
         _stitch(output, cubes, batch_indices, plan)
@@ -150,7 +154,7 @@ def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = 64
             progress(done, len(to_run))
     if output is None:
         output = np.zeros(volume.shape, dtype=np.float32)
-    return output, TilingStats(plan.n_cubes, len(to_run), plan.n_cubes - len(to_run))
+    return output, TilingStats(plan.n_cubes, len(to_run), plan.n_cubes - len(to_run), network_s)
 
 
 def _cubes_to_run(plan: CubePlan, padded: np.ndarray, skip_threshold: float,

@@ -1,0 +1,116 @@
+"""``cryosamu benchmark time | quality``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cryosamu_cli.cli.common import DeviceOpt, WeightsOpt, console, epilog, user_errors
+
+app = typer.Typer(help="Timing reports and map–model quality (Phenix definitions).",
+                  no_args_is_help=True)
+
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", dir_okay=False,
+                                                 help="Write the full report as JSON.")]
+CsvOpt = Annotated[Optional[Path], typer.Option("--csv", dir_okay=False,
+                                                help="Write the summary table as CSV.")]
+
+
+@app.command("time", epilog=epilog("cryosamu benchmark time --sizes 128,256 --json t.json "
+                                   "--plot fig5.png\n\ncryosamu benchmark time emd_1234.map "
+                                   "--device cuda:0 --batch-size 8"))
+def time_cmd(
+    maps: Annotated[Optional[list[Path]], typer.Argument(help="Maps to time.")] = None,
+    sizes: Annotated[str, typer.Option(help="Synthetic 1 Å maps of these edges, e.g. "
+                                            "128,256,384.")] = "",
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option(help="Cubes per network call.", min=1)] = 2,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.", min=1)] = None,
+    repeats: Annotated[int, typer.Option(help="Timed runs per map.")] = 3,
+    warmup: Annotated[int, typer.Option(help="Untimed runs before them.")] = 1,
+    json_path: JsonOpt = None,
+    csv_path: CsvOpt = None,
+    plot: Annotated[Optional[Path], typer.Option(dir_okay=False, help="Time against map "
+                                                 "volume with a fitted line (PNG).")] = None,
+) -> None:
+    """Time `cryosamu enhance`: stages, cubes, s/cube, voxels/s, GFLOP/s, peak memory."""
+    from cryosamu_cli import benchmark as bench
+    from cryosamu_cli.errors import ConfigError
+
+    with user_errors():
+        try:
+            edges = [int(s) for s in sizes.split(",") if s.strip()]
+        except ValueError as exc:
+            raise ConfigError(f"--sizes takes whole numbers separated by commas: {sizes}") from exc
+        records = bench.time_enhance(
+            map_paths=maps or [], sizes=edges, weights=weights, device=device,
+            batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup,
+            on_run=lambda name, i, n: console.print(f"{name}: run {i}/{n}"))
+        rows = bench.timing_rows(records)
+        _write_outputs(bench, {"version": bench.__version__, "records": records}, rows,
+                       json_path, csv_path)
+        if plot is not None:
+            bench.plot_time_vs_volume(records, plot)
+    _table(rows, ["name", "shape_zyx", "device", "cubes_run", "cubes_skipped", "seconds_median",
+                  "seconds_min", "seconds_max", "seconds_per_cube", "voxels_per_s",
+                  "gflops_achieved", "peak_rss_MiB", "read_s", "resample_s", "network_s",
+                  "stitch_s", "write_s"])
+
+
+@app.command("quality", epilog=epilog("cryosamu benchmark quality pairs.csv --role eval "
+                                      "--json q.json --plots plots/\n\ncryosamu benchmark "
+                                      "quality pairs.csv --weights my.pt --backend cctbx"))
+def quality_cmd(
+    pairs_csv: Annotated[Path, typer.Argument(help="CSV with map, model, resolution columns "
+                                              "(and <label>_map columns to compare).")],
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    role: Annotated[Optional[str], typer.Option(help="Only rows whose role/split is this.")] = None,
+    backend: Annotated[str, typer.Option(help="native, or cctbx (needs cctbx-base).")] = "native",
+    sharpen: Annotated[bool, typer.Option(help="Score a global B-factor-sharpened baseline.")] = True,
+    work_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="Keep enhanced and "
+                                                     "sharpened maps here.")] = None,
+    json_path: JsonOpt = None,
+    csv_path: CsvOpt = None,
+    plots: Annotated[Optional[Path], typer.Option(file_okay=False, help="Folder for FSC, "
+                                                  "box and RSCC plots.")] = None,
+) -> None:
+    """Score maps against models: CC_box, CC_mask, CC_volume, CC_peaks, FSC=0.5, RSCC."""
+    from cryosamu_cli import benchmark as bench
+
+    with user_errors():
+        pairs = bench.read_pairs(pairs_csv, role=role)
+        report = bench.quality_report(pairs=pairs, weights=weights, device=device,
+                                      backend=backend, sharpen=sharpen, work_dir=work_dir,
+                                      on_pair=lambda name: console.print(f"scoring {name}"))
+        rows = bench.quality_rows(report)
+        _write_outputs(bench, {"version": bench.__version__, "backend": backend,
+                               "pairs": report}, rows, json_path, csv_path)
+        if plots is not None:
+            bench.plot_quality(report, plots)
+    _table(rows, ["pair", "map", "resolution_A", *bench.METRICS, "note"])
+
+
+def _write_outputs(bench, payload: dict, rows: list[dict], json_path: Optional[Path],
+                   csv_path: Optional[Path]) -> None:
+    from dataclasses import asdict, is_dataclass
+
+    if json_path is not None:
+        payload = {k: [asdict(x) if is_dataclass(x) else x for x in v] if isinstance(v, list)
+                   else v for k, v in payload.items()}
+        bench.write_json(json_path, payload)
+    if csv_path is not None:
+        bench.write_csv(csv_path, rows)
+
+
+def _table(rows: list[dict], columns: list[str]) -> None:
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else
+                        f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c])
+                        for c in columns))
+    console.print(table)

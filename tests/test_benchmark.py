@@ -1,0 +1,102 @@
+"""``cryosamu benchmark``: timing report fields, quality report, plots."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image
+import pytest
+from typer.testing import CliRunner
+
+from cryosamu_cli import benchmark
+from cryosamu_cli.cli.app import app
+
+runner = CliRunner()
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIMING_FIELDS = {"name", "shape_zyx", "voxels", "volume_A3", "device", "batch_size", "precision",
+                 "repeats", "cubes_total", "cubes_run", "cubes_skipped", "seconds_median",
+                 "seconds_min", "seconds_max", "stage_seconds", "seconds_per_cube",
+                 "voxels_per_s", "gflop_per_cube", "gflops_achieved", "peak_rss_MiB",
+                 "peak_gpu_MiB"}
+
+
+def _assert_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_timing_report_has_every_field(tmp_path, tiny_checkpoint):
+    out = tmp_path / "timing.json"
+    result = runner.invoke(app, ["benchmark", "time", "--sizes", "40,60", "--weights",
+                                 str(tiny_checkpoint), "--device", "cpu", "--repeats", "2",
+                                 "--warmup", "1", "--json", str(out), "--csv",
+                                 str(tmp_path / "t.csv"), "--plot", str(tmp_path / "fig5.png")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert len(report["records"]) == 2
+    for record in report["records"]:
+        assert set(record) == TIMING_FIELDS
+        assert set(record["stage_seconds"]) == set(benchmark.STAGES)
+        assert record["repeats"] == 2 and record["precision"] == "fp32"
+        assert record["seconds_min"] <= record["seconds_median"] <= record["seconds_max"]
+        assert record["cubes_run"] + record["cubes_skipped"] == record["cubes_total"]
+        assert record["gflop_per_cube"] > 0 and record["gflops_achieved"] > 0
+        assert record["peak_rss_MiB"] > 50 and record["peak_gpu_MiB"] is None
+        assert sum(record["stage_seconds"].values()) <= record["seconds_median"] * 1.5
+    assert report["records"][1]["voxels"] == 60 ** 3
+    assert (tmp_path / "t.csv").read_text().count("\n") == 3
+    _assert_png(tmp_path / "fig5.png")
+
+
+def test_flop_count_scales_with_the_cube(tiny_config):
+    from cryosamu_cli.model.unet import UNet3D
+
+    model = UNet3D.from_config(tiny_config).eval()
+    small, large = (benchmark.flops_per_cube(model, n, "cpu") for n in (16, 32))
+    # convolutions dominate: 8x the voxels -> about 8x the operations
+    assert 7.0 < large / small < 9.5
+
+
+@pytest.fixture
+def pairs_csv(shared_data, tmp_path):
+    folder = shared_data / "pairs" / "emd-5168"
+    path = tmp_path / "pairs.csv"
+    path.write_text("name,map,model,resolution,role,copy_map\n"
+                    f"mono,{folder}/emd_5168_monomer.mrc,{folder}/3MFP.pdb,6.6,eval,"
+                    f"{folder}/emd_5168_monomer.mrc\n"
+                    f"nores,{folder}/emd_5168_monomer.mrc,{folder}/3MFP.pdb,,eval,\n"
+                    f"other,{folder}/emd_5168_monomer.mrc,{folder}/3MFP.pdb,6.6,train,\n")
+    return path
+
+
+def test_quality_report_tables_json_and_plots(tmp_path, pairs_csv, tiny_checkpoint):
+    out, plots = tmp_path / "q.json", tmp_path / "plots"
+    result = runner.invoke(app, ["benchmark", "quality", str(pairs_csv), "--role", "eval",
+                                 "--weights", str(tiny_checkpoint), "--json", str(out),
+                                 "--csv", str(tmp_path / "q.csv"), "--plots", str(plots)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    pairs = {p["name"]: p for p in report["pairs"]}
+    assert set(pairs) == {"mono", "nores"}
+    assert pairs["nores"]["skipped"] == "no resolution given"
+    maps = pairs["mono"]["maps"]
+    assert set(maps) == {"deposited", "cryosamu", "b_sharpened", "copy"}
+    for scores in maps.values():
+        assert {"cc_box", "cc_mask", "cc_volume", "cc_peaks", "fsc05", "rscc"} <= set(scores)
+        assert len(scores["rscc"]) == 369
+    assert maps["deposited"]["cc_mask"] == pytest.approx(0.617, abs=0.01)  # cctbx: 0.617
+    assert maps["copy"]["cc_box"] == maps["deposited"]["cc_box"]
+    for name in ("mono_fsc.png", "mono_rscc.png", "metrics_boxplot.png"):
+        _assert_png(plots / name)
+
+
+def test_quality_input_errors(tmp_path):
+    missing = runner.invoke(app, ["benchmark", "quality", str(tmp_path / "none.csv")])
+    assert missing.exit_code == 1 and "not found" in missing.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    result = runner.invoke(app, ["benchmark", "quality", str(bad)])
+    assert result.exit_code == 1 and "'map', 'model'" in result.stderr
+    result = runner.invoke(app, ["benchmark", "time"])
+    assert result.exit_code == 1 and "--sizes" in result.stderr
