@@ -22,6 +22,7 @@ import numpy as np
 from cryosamu_cli import __version__, enhance, grid, mapio, metrics
 from cryosamu_cli.atomic import write_text_atomic
 from cryosamu_cli.errors import ConfigError, CryosamuError
+from cryosamu_cli.pairs import Pair, read_pairs  # noqa: F401 (read_pairs is part of the API)
 from cryosamu_cli.structure import read_atoms
 
 STAGES = ("read", "resample", "network", "stitch", "write")
@@ -209,17 +210,6 @@ def timing_rows(records: Sequence[TimingRecord]) -> list[dict]:
 # ---------------------------------------------------------------------------- quality
 
 
-@dataclass(frozen=True)
-class Pair:
-    """One row of a pairs CSV: a map, its model, its resolution and maps to compare."""
-
-    name: str
-    map_path: Path
-    model_path: Path
-    resolution_A: float | None
-    extra_maps: dict[str, Path] = field(default_factory=dict)
-
-
 @dataclass
 class PairQuality:
     """Scores of every map of one pair (``maps[label] = scores``) or why it was skipped."""
@@ -228,35 +218,6 @@ class PairQuality:
     resolution_A: float | None
     maps: dict[str, dict] = field(default_factory=dict)
     skipped: str = ""
-
-
-def read_pairs(csv_path: str | os.PathLike, role: str | None = None) -> list[Pair]:
-    """Read a pairs CSV: ``map``, ``model``, ``resolution`` (or ``resolution_A``), optional
-    ``name`` and ``role``/``split``, and extra maps in columns named ``<label>_map``.
-
-    Paths are relative to the CSV's folder.
-
-    Raises:
-        ConfigError: Missing file or required columns.
-    """
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise ConfigError(f"pairs file not found: {csv_path}")
-    with open(csv_path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"map", "model"} <= set(rows[0]):
-        raise ConfigError(f"{csv_path} needs a header with at least 'map', 'model' and "
-                          "'resolution' columns")
-    base = csv_path.parent
-    pairs = []
-    for i, row in enumerate(rows):
-        if role and role not in (row.get("role"), row.get("split")):
-            continue
-        resolution = (row.get("resolution") or row.get("resolution_A") or "").strip()
-        extras = {k[:-4]: base / v for k, v in row.items() if k.endswith("_map") and v}
-        pairs.append(Pair(row.get("name") or f"pair{i + 1}", base / row["map"],
-                          base / row["model"], float(resolution) if resolution else None, extras))
-    return pairs
 
 
 def quality_report(*, pairs: Sequence[Pair], weights: str | os.PathLike | None = None,

@@ -152,12 +152,7 @@ def map_model_scores(data: np.ndarray, grid, atoms, resolution_A: float,
     The model map is the model's structure factors to ``resolution_A`` in the map's box
     (:func:`cryosamu_cli.simulate.model_map`); for the FSC it extends to Nyquist.
     """
-    from cryosamu_cli import simulate
-
-    origin = grid_origin_xyz(grid)
-    geometry = (grid.shape_zyx, grid.voxel_size_A, origin)
-    model = simulate.model_map(atoms, *geometry, resolution_A)
-    inside = simulate.molecular_mask(atoms, *geometry)
+    model, inside = model_map_and_mask(grid, atoms, resolution_A)
     count = int(inside.sum())
     top_model = highest_voxels(model, count)
     peaks = top_model | highest_voxels(data, count)
@@ -168,6 +163,21 @@ def map_model_scores(data: np.ndarray, grid, atoms, resolution_A: float,
                           pearson(data[top_model], model[top_model]),
                           pearson(data[peaks], model[peaks]), fsc_crossing(curve, 0.5), curve,
                           rscc, radius)
+
+
+def model_map_and_mask(grid, atoms, resolution_A: float) -> tuple[np.ndarray, np.ndarray]:
+    """The model map at ``resolution_A`` and the molecular mask, both on the map's grid."""
+    from cryosamu_cli import simulate
+
+    geometry = (grid.shape_zyx, grid.voxel_size_A, grid_origin_xyz(grid))
+    return (simulate.model_map(atoms, *geometry, resolution_A),
+            simulate.molecular_mask(atoms, *geometry))
+
+
+def cc_mask(data: np.ndarray, grid, atoms, resolution_A: float) -> float:
+    """CC_mask alone (phenix.map_model_cc's definition), without the other scores."""
+    model, inside = model_map_and_mask(grid, atoms, resolution_A)
+    return pearson(data[inside], model[inside])
 
 
 def grid_origin_xyz(grid) -> tuple[float, float, float]:

@@ -25,6 +25,7 @@ class Atoms:
         atomic_number: ``(M,)`` atomic numbers.
         b_iso: ``(M,)`` isotropic B-factors in Å².
         occupancy: ``(M,)`` occupancies.
+        atom_name: ``(M,)`` atom names (``'CA'``).
         residue_index: ``(M,)`` index into ``residues`` of each atom's residue.
         residues: ``(chain, seqid, name)`` of every residue, in file order.
     """
@@ -34,6 +35,7 @@ class Atoms:
     atomic_number: np.ndarray
     b_iso: np.ndarray
     occupancy: np.ndarray
+    atom_name: np.ndarray
     residue_index: np.ndarray
     residues: tuple[tuple[str, str, str], ...]
 
@@ -63,7 +65,7 @@ def read_atoms(path: str | os.PathLike) -> Atoms:
 
 def _atoms_of(model, path: Path) -> Atoms:
     """Flatten one gemmi model."""
-    xyz, element, number, b_iso, occupancy, residue_index, residues = [], [], [], [], [], [], []
+    xyz, element, number, b_iso, occupancy, names, residue_index, residues = ([] for _ in range(8))
     for chain in model:
         for residue in chain:
             residues.append((chain.name, str(residue.seqid).strip(), residue.name))
@@ -73,9 +75,37 @@ def _atoms_of(model, path: Path) -> Atoms:
                 number.append(atom.element.atomic_number)
                 b_iso.append(atom.b_iso)
                 occupancy.append(atom.occ)
+                names.append(atom.name)
                 residue_index.append(len(residues) - 1)
     if not xyz:
         raise StructureError(f"model {path} holds no atoms")
     return Atoms(np.array(xyz, float), np.array(element), np.array(number, int),
-                 np.array(b_iso, float), np.array(occupancy, float),
+                 np.array(b_iso, float), np.array(occupancy, float), np.array(names),
                  np.array(residue_index, int), tuple(residues))
+
+
+STANDARD_AMINO_ACIDS = frozenset(
+    "ALA ARG ASN ASP CYS GLN GLU GLY HIS ILE LEU LYS MET PHE PRO SER THR TRP TYR VAL MSE".split())
+NUCLEOTIDES = frozenset("A C G U I DA DC DG DT DI N DN".split())
+BACKBONE = frozenset(("N", "CA", "C", "O", "OXT"))
+
+
+def protein_filters(atoms: Atoms) -> dict[str, bool]:
+    """The structure filters of §3.1, each True when passed.
+
+    ``protein_only``: no nucleotide residues; ``has_side_chains``: at least half of the
+    non-glycine amino acids carry an atom beyond the backbone; ``no_unknown_residues``: no
+    residue is ``UNK``; ``has_protein``: at least one standard amino acid.
+    """
+    names = [name for _, _, name in atoms.residues]
+    amino = [i for i, n in enumerate(names) if n in STANDARD_AMINO_ACIDS]
+    with_side_chain = set(atoms.residue_index[~np.isin(atoms.atom_name, list(BACKBONE))])
+    checkable = [i for i in amino if names[i] != "GLY"]
+    side_chain_fraction = (sum(i in with_side_chain for i in checkable) / len(checkable)
+                           if checkable else 0.0)
+    return {
+        "has_protein": bool(amino),
+        "protein_only": not any(n in NUCLEOTIDES for n in names),
+        "has_side_chains": side_chain_fraction >= 0.5,
+        "no_unknown_residues": "UNK" not in names,
+    }

@@ -1,0 +1,53 @@
+"""``cryosamu prepare-data``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cryosamu_cli.cli.common import console, epilog, user_errors
+
+app = typer.Typer()
+
+EXAMPLE = """cryosamu prepare-data ../shared/data/pairs.csv -o training_data --no-struct --workers 2
+
+cryosamu prepare-data pairs.csv -o data --no-struct --role train --min-cc 0.6"""
+
+
+@app.command("prepare-data", epilog=epilog(EXAMPLE))
+def prepare_cmd(
+    pairs_csv: Annotated[Path, typer.Argument(help="CSV with map, model, resolution "
+                                              "(and split/role, name) columns.")],
+    output_dir: Annotated[Path, typer.Option("--output", "-o", file_okay=False,
+                                             help="Folder for shards and manifest.json.")],
+    no_struct: Annotated[bool, typer.Option("--no-struct", help="Skip the ESM-IF1 structure "
+                                            "embeddings.")] = False,
+    workers: Annotated[int, typer.Option(help="Pairs prepared in parallel.", min=1)] = 1,
+    role: Annotated[Optional[str], typer.Option(help="Only rows whose split/role is this.")] = None,
+    min_res: Annotated[float, typer.Option("--min-res", help="Refuse maps finer than this (Å).")] = 2.0,
+    max_res: Annotated[float, typer.Option("--max-res", help="Refuse maps coarser than this (Å).")] = 10.0,
+    min_cc: Annotated[float, typer.Option("--min-cc", help="Filter pairs whose map–model "
+                                          "CC_mask is below this.")] = 0.65,
+) -> None:
+    """Map–model pairs → 1 Å grids, eq. 1 targets and 64³ cube shards (resumable)."""
+    from cryosamu_cli import dataset
+    from cryosamu_cli.errors import ConfigError
+
+    with user_errors():
+        if not no_struct:
+            raise ConfigError("ESM-IF1 structure embeddings are not available in this version "
+                              "yet; pass --no-struct")
+        options = dataset.PrepareOptions(min_resolution_A=min_res, max_resolution_A=max_res,
+                                         min_cc_mask=min_cc)
+        manifest = dataset.prepare_data(
+            pairs_csv=pairs_csv, output_dir=output_dir, options=options, workers=workers,
+            role=role, on_pair=lambda e: console.print(f"{e['name']}: {e['status']} "
+                                                       f"{e.get('reason', '')}"))
+    table = Table("pair", "split", "status", "cubes", "CC_mask", "reason")
+    for e in manifest["pairs"]:
+        table.add_row(e["name"], e["split"], e["status"], str(e["cubes"]),
+                      str(e.get("cc_mask", "")), e.get("reason", ""))
+    console.print(table)

@@ -1,0 +1,282 @@
+"""``prepare-data``: map–model pairs → 1 Å grids, simulated targets (eq. 1) and cube shards,
+and the torch ``Dataset`` that reads them back by random access (§3.1–3.2).
+
+Layout of an output folder::
+
+    OUT/manifest.json          every pair: status, split, cubes, grid, normalisation, filters…
+    OUT/shards/<name>.npy      float16 array (n_cubes, 2, 64, 64, 64): [input, target]
+
+Each map is resampled to 1 Å and normalised exactly as ``enhance`` does; the target is eq. 1
+(heavy atoms, Gaussian of σ = 0.225 × 2 Å, θ = 1) on the same 1 Å grid, normalised the same
+way. Both are zero-padded by 64 voxels and cut into non-overlapping 64³ cubes; cubes whose
+target holds no density (max < 0.05) are dropped. Splits come from the CSV (by map, never by
+cube); pairs marked ``eval`` become ``test`` and are never in ``train``/``val``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cryosamu_cli import __version__, grid, mapio, metrics, simulate
+from cryosamu_cli.atomic import atomic_target, write_text_atomic
+from cryosamu_cli.errors import ConfigError, CryosamuError
+from cryosamu_cli.pairs import Pair, read_pairs
+from cryosamu_cli.structure import Atoms, protein_filters, read_atoms
+
+MANIFEST_FORMAT = 1
+TARGET_RESOLUTION_A = 2.0
+CUBE_SIZE = 64
+PADDING = 64
+MIN_TARGET_DENSITY = 0.05
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Choices of a ``prepare-data`` run (all recorded in the manifest)."""
+
+    min_resolution_A: float = 2.0
+    max_resolution_A: float = 10.0
+    min_cc_mask: float = 0.65
+    val_fraction: float = 0.1
+    cube_size: int = CUBE_SIZE
+    padding: int = PADDING
+
+
+def prepare_data(*, pairs_csv: str | os.PathLike, output_dir: str | os.PathLike,
+                 options: PrepareOptions = PrepareOptions(), workers: int = 1,
+                 role: str | None = None,
+                 on_pair: Callable[[dict], None] | None = None) -> dict:
+    """Turn every pair of ``pairs_csv`` into cube shards; resumable.
+
+    Pairs already ``ok`` (with their shard) or ``filtered`` in an existing manifest are kept;
+    the others are (re)done. One failing pair is recorded with its reason and the rest go on.
+    The manifest is rewritten atomically after every pair.
+
+    Returns:
+        The manifest.
+    """
+    output_dir = Path(output_dir)
+    (output_dir / "shards").mkdir(parents=True, exist_ok=True)
+    pairs = read_pairs(pairs_csv, role=role)
+    manifest = _load_manifest(output_dir, options)
+    done = {e["name"]: e for e in manifest["pairs"] if _is_finished(e, output_dir)}
+    todo = [p for p in pairs if p.name not in done]
+    manifest["pairs"] = [done[p.name] for p in pairs if p.name in done]
+    for entry in _run_pairs(todo, output_dir, options, workers):
+        manifest["pairs"].append(entry)
+        _save_manifest(output_dir, manifest)
+        if on_pair is not None:
+            on_pair(entry)
+    _save_manifest(output_dir, manifest)
+    return manifest
+
+
+def _run_pairs(pairs: list[Pair], output_dir: Path, options: PrepareOptions, workers: int):
+    """Yield each pair's manifest entry, in parallel processes when ``workers > 1``."""
+    if workers <= 1:
+        for pair in pairs:
+            yield prepare_pair(pair, output_dir, options)
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(prepare_pair, pair, output_dir, options) for pair in pairs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def prepare_pair(pair: Pair, output_dir: Path, options: PrepareOptions) -> dict:
+    """One pair → its shard and manifest entry (status ``ok``, ``filtered`` or ``failed``)."""
+    entry = {"name": pair.name, "split": split_of(pair, options.val_fraction),
+             "source": {"map": str(pair.map_path), "model": str(pair.model_path)},
+             "ids": {k: pair.columns.get(k, "") for k in ("emdb", "pdb")},
+             "resolution_A": pair.resolution_A, "cubes": 0, "shard": None}
+    started = time.perf_counter()
+    try:
+        entry.update(_prepare(pair, output_dir, options, entry["split"]))
+    except CryosamuError as exc:
+        entry.update(status="failed", reason=str(exc))
+    entry["seconds"] = round(time.perf_counter() - started, 2)
+    return entry
+
+
+def _prepare(pair: Pair, output_dir: Path, options: PrepareOptions, split: str) -> dict:
+    """The named steps of one pair; returns the entry fields it adds."""
+    if split == "excluded":
+        return {"status": "filtered", "reason": f"role '{pair.split}' is not for training"}
+    resolution = _checked_resolution(pair, options)
+    data, grid_info = mapio.read_map(pair.map_path)
+    atoms = _heavy_atoms(read_atoms(pair.model_path))
+    filters = protein_filters(atoms)
+    info = {"grid": _grid_summary(grid_info), "filters": filters}
+    if not all(filters.values()):
+        failed = ", ".join(k for k, ok in filters.items() if not ok)
+        return {**info, "status": "filtered", "reason": f"structure filter: {failed}"}
+    _check_overlap(atoms, grid_info)
+    cc = metrics.cc_mask(data, grid_info, atoms, resolution)
+    info["cc_mask"] = round(cc, 4)
+    if cc < options.min_cc_mask:
+        return {**info, "status": "filtered",
+                "reason": f"map-model CC_mask {cc:.3f} below {options.min_cc_mask}"}
+    source, target, norms = input_and_target(data, grid_info, atoms)
+    cubes = cut_cube_pairs(source, target, options.cube_size, options.padding)
+    shard = write_shard(output_dir / "shards" / f"{pair.name}.npy", cubes)
+    return {**info, "status": "ok", "cubes": int(len(cubes)),
+            "shard": str(shard.relative_to(output_dir)), "normalisation": norms,
+            "counts": {"grid_1A_zyx": list(source.shape), "cubes_kept": int(len(cubes))}}
+
+
+def split_of(pair: Pair, val_fraction: float) -> str:
+    """The pair's split: from the CSV (``eval`` → ``test``), else a stable hash of its name."""
+    given = pair.split.lower()
+    if given in SPLITS:
+        return given
+    if given == "eval":
+        return "test"
+    if given:
+        return "excluded"
+    bucket = int(hashlib.sha256(pair.name.encode()).hexdigest(), 16) % 1000
+    return "val" if bucket < val_fraction * 1000 else "train"
+
+
+def _checked_resolution(pair: Pair, options: PrepareOptions) -> float:
+    """The pair's resolution, refused when missing or outside the allowed range."""
+    resolution = pair.resolution_A
+    if resolution is None:
+        raise CryosamuError("no resolution given")
+    if not options.min_resolution_A <= resolution <= options.max_resolution_A:
+        raise CryosamuError(f"resolution {resolution} Å is outside --min-res "
+                            f"{options.min_resolution_A} / --max-res {options.max_resolution_A}")
+    return resolution
+
+
+def _heavy_atoms(atoms: Atoms) -> Atoms:
+    """The atoms without hydrogens (eq. 1 sums over heavy atoms)."""
+    keep = ~np.isin(atoms.element, ["H", "D"])
+    return Atoms(atoms.xyz[keep], atoms.element[keep], atoms.atomic_number[keep],
+                 atoms.b_iso[keep], atoms.occupancy[keep], atoms.atom_name[keep],
+                 atoms.residue_index[keep], atoms.residues)
+
+
+def _check_overlap(atoms: Atoms, grid_info: mapio.GridInfo, minimum: float = 0.5) -> None:
+    """Refuse a model whose atoms mostly lie outside the map box."""
+    origin = np.asarray(metrics.grid_origin_xyz(grid_info))
+    extent = np.asarray(grid_info.shape_zyx[::-1]) * np.asarray(grid_info.voxel_size_A)
+    inside = np.all((atoms.xyz >= origin) & (atoms.xyz <= origin + extent), axis=1).mean()
+    if inside < minimum:
+        raise CryosamuError(f"map and model do not overlap ({inside:.0%} of atoms in the box)")
+
+
+def input_and_target(data: np.ndarray, grid_info: mapio.GridInfo,
+                     atoms: Atoms) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The normalised 1 Å input and the normalised eq. 1 target on the same grid."""
+    on_1A = grid.resample_to_spacing(data, grid_info.voxel_size_zyx)
+    norm = grid.normalisation_of(on_1A)
+    target = simulate.simulate_density(atoms.xyz, atoms.atomic_number, on_1A.shape,
+                                       (1.0, 1.0, 1.0), metrics.grid_origin_xyz(grid_info),
+                                       TARGET_RESOLUTION_A)
+    target_norm = grid.normalisation_of(target)
+    return (grid.normalise(on_1A, norm), grid.normalise(target, target_norm),
+            {"input_scale": norm.scale, "target_scale": target_norm.scale,
+             "percentile": norm.percentile})
+
+
+def cut_cube_pairs(source: np.ndarray, target: np.ndarray, cube_size: int = CUBE_SIZE,
+                   padding: int = PADDING) -> np.ndarray:
+    """Zero-pad both volumes by ``padding`` and cut non-overlapping cubes; keep the cubes whose
+    target holds density. Returns ``(n, 2, c, c, c)`` float16 (input, target)."""
+    padded = [np.pad(v, [(padding, padding + (-(n + 2 * padding)) % cube_size)
+                         for n in v.shape]) for v in (source, target)]
+    counts = [n // cube_size for n in padded[0].shape]
+    kept = []
+    for index in np.ndindex(*counts):
+        window = tuple(slice(i * cube_size, (i + 1) * cube_size) for i in index)
+        if padded[1][window].max() >= MIN_TARGET_DENSITY:
+            kept.append(np.stack([padded[0][window], padded[1][window]]))
+    shape = (len(kept), 2) + (cube_size,) * 3
+    return np.array(kept, dtype=np.float16).reshape(shape)
+
+
+def write_shard(path: Path, cubes: np.ndarray) -> Path:
+    """Write a shard ``.npy`` atomically."""
+    with atomic_target(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, cubes)
+    return path
+
+
+def _grid_summary(grid_info: mapio.GridInfo) -> dict:
+    """The map's geometry for the manifest."""
+    return {"shape_zyx": list(grid_info.shape_zyx), "voxel_size_A": list(grid_info.voxel_size_A),
+            "origin_A": list(grid_info.origin_A), "nstart": list(grid_info.nstart),
+            "axis_order": list(grid_info.axis_order)}
+
+
+def _is_finished(entry: dict, output_dir: Path) -> bool:
+    """Whether a manifest entry needs no redoing."""
+    if entry.get("status") == "ok":
+        return bool(entry.get("shard")) and (output_dir / entry["shard"]).is_file()
+    return entry.get("status") == "filtered"
+
+
+def _load_manifest(output_dir: Path, options: PrepareOptions) -> dict:
+    """The existing manifest (for resuming) or a new one."""
+    path = output_dir / "manifest.json"
+    if path.is_file():
+        try:
+            manifest = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid JSON; remove it to start afresh") from exc
+        if manifest.get("format") == MANIFEST_FORMAT:
+            return manifest
+    return {"format": MANIFEST_FORMAT, "version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "voxel_size_A": 1.0,
+            "cube_size": options.cube_size, "padding": options.padding,
+            "normalisation": {"percentile": grid.NORMALISATION_PERCENTILE, "clip": [0, 1]},
+            "target": {"equation": 1, "resolution_A": TARGET_RESOLUTION_A,
+                       "sigma_per_resolution": simulate.SIGMA_PER_RESOLUTION, "theta": 1.0,
+                       "atoms": "heavy atoms, weight Z"},
+            "options": options.__dict__, "pairs": []}
+
+
+def _save_manifest(output_dir: Path, manifest: dict) -> None:
+    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_text_atomic(output_dir / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+
+
+class CubePairDataset:
+    """Random access to the cube pairs of a ``prepare-data`` folder, one split at a time.
+
+    Shards are memory-mapped: nothing is loaded until a cube is asked for.
+    ``dataset[i]`` is ``(input, target)``, each a float32 tensor ``(1, c, c, c)``.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, split: str = "train") -> None:
+        self.data_dir = Path(data_dir)
+        manifest_path = self.data_dir / "manifest.json"
+        if not manifest_path.is_file():
+            raise ConfigError(f"{self.data_dir} has no manifest.json (run cryosamu prepare-data)")
+        entries = [e for e in json.loads(manifest_path.read_text())["pairs"]
+                   if e.get("status") == "ok" and e.get("split") == split and e["cubes"]]
+        self.names = [e["name"] for e in entries]
+        self._shards = [np.load(self.data_dir / e["shard"], mmap_mode="r") for e in entries]
+        self._index = [(s, c) for s, shard in enumerate(self._shards) for c in range(len(shard))]
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, item: int):
+        import torch
+
+        shard, cube = self._index[item]
+        pair = np.asarray(self._shards[shard][cube], dtype=np.float32)
+        return torch.from_numpy(pair[0:1].copy()), torch.from_numpy(pair[1:2].copy())
