@@ -9,7 +9,8 @@ Layout of an output folder::
 Each map is resampled to 1 Å and normalised exactly as ``enhance`` does; the target is eq. 1
 (heavy atoms, Gaussian of σ = 0.225 × 2 Å, θ = 1) on the same 1 Å grid, normalised the same
 way. Both are zero-padded by 64 voxels and cut into non-overlapping 64³ cubes; cubes whose
-target holds no density (max < 0.05) are dropped. Splits come from the CSV (by map, never by
+target holds no density (max < 0.05) are dropped. Models alone can also be turned into
+simulated pairs (``simulate_from``; the degradation model is in :mod:`cryosamu_cli.degrade`). Splits come from the CSV (by map, never by
 cube); pairs marked ``eval`` become ``test`` and are never in ``train``/``val``.
 """
 
@@ -51,27 +52,44 @@ class PrepareOptions:
     padding: int = PADDING
 
 
-def prepare_data(*, pairs_csv: str | os.PathLike, output_dir: str | os.PathLike,
+def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str | os.PathLike,
                  options: PrepareOptions = PrepareOptions(), workers: int = 1,
-                 role: str | None = None,
+                 role: str | None = None, simulate_from: str | os.PathLike | None = None,
+                 noise_reference: str | os.PathLike | None = None, seed: int = 0,
                  on_pair: Callable[[dict], None] | None = None) -> dict:
-    """Turn every pair of ``pairs_csv`` into cube shards; resumable.
+    """Turn every pair of ``pairs_csv`` (and every model of ``simulate_from``) into cube
+    shards; resumable.
 
     Pairs already ``ok`` (with their shard) or ``filtered`` in an existing manifest are kept;
     the others are (re)done. One failing pair is recorded with its reason and the rest go on.
     The manifest is rewritten atomically after every pair.
 
+    Args:
+        pairs_csv: Map–model pairs (see :func:`cryosamu_cli.pairs.read_pairs`).
+        output_dir: Folder for ``manifest.json`` and ``shards/``.
+        options: Filters and sizes.
+        workers: Pairs prepared in parallel processes.
+        role: Keep only CSV rows of this split/role.
+        simulate_from: Folder of PDB/mmCIF models to make simulated pairs from
+            (:mod:`cryosamu_cli.degrade`), named ``sim-<file stem>``.
+        noise_reference: A real map whose power spectrum shapes the simulated noise (needed
+            with ``simulate_from``).
+        seed: Seed of the simulated degradations (each model gets its own stream).
+
     Returns:
         The manifest.
+
+    Raises:
+        ConfigError: Nothing to prepare, or a missing noise reference.
     """
     output_dir = Path(output_dir)
+    jobs = _jobs(pairs_csv, role, simulate_from, noise_reference, seed)
     (output_dir / "shards").mkdir(parents=True, exist_ok=True)
-    pairs = read_pairs(pairs_csv, role=role)
     manifest = _load_manifest(output_dir, options)
     done = {e["name"]: e for e in manifest["pairs"] if _is_finished(e, output_dir)}
-    todo = [p for p in pairs if p.name not in done]
-    manifest["pairs"] = [done[p.name] for p in pairs if p.name in done]
-    for entry in _run_pairs(todo, output_dir, options, workers):
+    todo = [job for job in jobs if job.name not in done]
+    manifest["pairs"] = [done[job.name] for job in jobs if job.name in done]
+    for entry in _run_jobs(todo, output_dir, options, workers):
         manifest["pairs"].append(entry)
         _save_manifest(output_dir, manifest)
         if on_pair is not None:
@@ -80,18 +98,104 @@ def prepare_data(*, pairs_csv: str | os.PathLike, output_dir: str | os.PathLike,
     return manifest
 
 
-def _run_pairs(pairs: list[Pair], output_dir: Path, options: PrepareOptions, workers: int):
-    """Yield each pair's manifest entry, in parallel processes when ``workers > 1``."""
+@dataclass(frozen=True)
+class _SimulationJob:
+    """One model to simulate a pair from."""
+
+    name: str
+    model_path: Path
+    reference: tuple
+    seed: int
+
+
+def _jobs(pairs_csv, role, simulate_from, noise_reference, seed) -> list:
+    """The real pairs of the CSV and the simulation jobs, in order."""
+    if pairs_csv is None and simulate_from is None:
+        raise ConfigError("give a pairs CSV, --simulate-from DIR, or both")
+    jobs: list = read_pairs(pairs_csv, role=role) if pairs_csv is not None else []
+    if simulate_from is not None:
+        jobs += _simulation_jobs(Path(simulate_from), noise_reference, seed)
+    return jobs
+
+
+def _simulation_jobs(folder: Path, noise_reference, seed: int) -> list[_SimulationJob]:
+    """One job per model file in ``folder``, with the reference noise spectrum."""
+    from cryosamu_cli import degrade
+
+    if not folder.is_dir():
+        raise ConfigError(f"--simulate-from folder not found: {folder}")
+    if noise_reference is None:
+        raise ConfigError("--simulate-from needs --noise-reference MAP (a real map whose noise "
+                          "spectrum the simulated maps follow)")
+    data, grid_info = mapio.read_map(noise_reference)
+    reference = degrade.radial_power_spectrum(data, grid_info.voxel_size_zyx)
+    models = sorted(p for p in folder.iterdir()
+                    if p.name.lower().endswith((".pdb", ".cif", ".ent", ".pdb.gz", ".cif.gz")))
+    return [_SimulationJob(f"sim-{p.name.split('.')[0]}", p, reference, seed + i)
+            for i, p in enumerate(models)]
+
+
+def _run_jobs(jobs: list, output_dir: Path, options: PrepareOptions, workers: int):
+    """Yield each job's manifest entry, in parallel processes when ``workers > 1``."""
     if workers <= 1:
-        for pair in pairs:
-            yield prepare_pair(pair, output_dir, options)
+        for job in jobs:
+            yield _prepare_job(job, output_dir, options)
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(prepare_pair, pair, output_dir, options) for pair in pairs]
+        futures = [pool.submit(_prepare_job, job, output_dir, options) for job in jobs]
         for future in as_completed(futures):
             yield future.result()
+
+
+def _prepare_job(job, output_dir: Path, options: PrepareOptions) -> dict:
+    """Dispatch a real pair or a simulation job."""
+    if isinstance(job, _SimulationJob):
+        return prepare_simulated(job, output_dir, options)
+    return prepare_pair(job, output_dir, options)
+
+
+def prepare_simulated(job: _SimulationJob, output_dir: Path, options: PrepareOptions) -> dict:
+    """One model → a simulated experimental-like map, its target, and their shard."""
+    from cryosamu_cli import degrade
+
+    pair = Pair(job.name, None, job.model_path, None, "")
+    entry = {"name": job.name, "split": split_of(pair, options.val_fraction),
+             "source": {"model": str(job.model_path), "simulated": True}, "cubes": 0,
+             "shard": None}
+    started = time.perf_counter()
+    try:
+        atoms = _heavy_atoms(read_atoms(job.model_path))
+        filters = protein_filters(atoms)
+        if not all(filters.values()):
+            failed = ", ".join(k for k, ok in filters.items() if not ok)
+            entry.update(status="filtered", filters=filters, reason=f"structure filter: {failed}")
+        else:
+            rng = np.random.default_rng(job.seed)
+            raw, target, grid_info, params = degrade.simulated_pair(atoms, job.reference, rng)
+            entry.update(_store(raw, target, grid_info, job.name, output_dir, options),
+                         filters=filters, degradation=params.to_dict(),
+                         resolution_A=round(params.resolution_A, 3))
+    except CryosamuError as exc:
+        entry.update(status="failed", reason=str(exc))
+    entry["seconds"] = round(time.perf_counter() - started, 2)
+    return entry
+
+
+def _store(raw: np.ndarray, target: np.ndarray, grid_info: mapio.GridInfo, name: str,
+           output_dir: Path, options: PrepareOptions) -> dict:
+    """Normalise a 1 Å map/target pair, cut it and write its shard; the entry fields."""
+    norm, target_norm = grid.normalisation_of(raw), grid.normalisation_of(target)
+    source = grid.normalise(raw, norm)
+    cubes = cut_cube_pairs(source, grid.normalise(target, target_norm), options.cube_size,
+                           options.padding)
+    shard = write_shard(output_dir / "shards" / f"{name}.npy", cubes)
+    return {"status": "ok", "cubes": int(len(cubes)), "shard": str(shard.relative_to(output_dir)),
+            "grid": _grid_summary(grid_info),
+            "normalisation": {"input_scale": norm.scale, "target_scale": target_norm.scale,
+                              "percentile": norm.percentile},
+            "counts": {"grid_1A_zyx": list(source.shape), "cubes_kept": int(len(cubes))}}
 
 
 def prepare_pair(pair: Pair, output_dir: Path, options: PrepareOptions) -> dict:
@@ -127,12 +231,9 @@ def _prepare(pair: Pair, output_dir: Path, options: PrepareOptions, split: str) 
     if cc < options.min_cc_mask:
         return {**info, "status": "filtered",
                 "reason": f"map-model CC_mask {cc:.3f} below {options.min_cc_mask}"}
-    source, target, norms = input_and_target(data, grid_info, atoms)
-    cubes = cut_cube_pairs(source, target, options.cube_size, options.padding)
-    shard = write_shard(output_dir / "shards" / f"{pair.name}.npy", cubes)
-    return {**info, "status": "ok", "cubes": int(len(cubes)),
-            "shard": str(shard.relative_to(output_dir)), "normalisation": norms,
-            "counts": {"grid_1A_zyx": list(source.shape), "cubes_kept": int(len(cubes))}}
+    raw, target = map_and_target_on_1A(data, grid_info, atoms)
+    stored = _store(raw, target, grid_info, pair.name, output_dir, options)
+    return {**info, **stored, "grid": _grid_summary(grid_info)}
 
 
 def split_of(pair: Pair, val_fraction: float) -> str:
@@ -176,18 +277,14 @@ def _check_overlap(atoms: Atoms, grid_info: mapio.GridInfo, minimum: float = 0.5
         raise CryosamuError(f"map and model do not overlap ({inside:.0%} of atoms in the box)")
 
 
-def input_and_target(data: np.ndarray, grid_info: mapio.GridInfo,
-                     atoms: Atoms) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The normalised 1 Å input and the normalised eq. 1 target on the same grid."""
+def map_and_target_on_1A(data: np.ndarray, grid_info: mapio.GridInfo,
+                         atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
+    """The map resampled to 1 Å and the eq. 1 target on the same grid (both raw)."""
     on_1A = grid.resample_to_spacing(data, grid_info.voxel_size_zyx)
-    norm = grid.normalisation_of(on_1A)
     target = simulate.simulate_density(atoms.xyz, atoms.atomic_number, on_1A.shape,
                                        (1.0, 1.0, 1.0), metrics.grid_origin_xyz(grid_info),
                                        TARGET_RESOLUTION_A)
-    target_norm = grid.normalisation_of(target)
-    return (grid.normalise(on_1A, norm), grid.normalise(target, target_norm),
-            {"input_scale": norm.scale, "target_scale": target_norm.scale,
-             "percentile": norm.percentile})
+    return on_1A, target
 
 
 def cut_cube_pairs(source: np.ndarray, target: np.ndarray, cube_size: int = CUBE_SIZE,

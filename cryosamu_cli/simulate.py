@@ -27,7 +27,8 @@ def gaussian_k(resolution_A: float) -> float:
 
 def simulate_density(coords_xyz: np.ndarray, atomic_numbers: np.ndarray,
                      shape_zyx: tuple[int, int, int], voxel_size_A: tuple[float, float, float],
-                     origin_xyz: tuple[float, float, float], resolution_A: float) -> np.ndarray:
+                     origin_xyz: tuple[float, float, float], resolution_A: float,
+                     extra_b: np.ndarray | None = None) -> np.ndarray:
     """Evaluate eq. 1 on a grid.
 
     Args:
@@ -37,32 +38,39 @@ def simulate_density(coords_xyz: np.ndarray, atomic_numbers: np.ndarray,
         voxel_size_A: Voxel size along x, y, z in Å.
         origin_xyz: Position in Å of voxel ``[0, 0, 0]``.
         resolution_A: Resolution that sets ``k``.
+        extra_b: Optional per-atom B-factors (Å²) that widen each Gaussian by
+            ``sigma_i^2 += B_i / (8 pi^2)`` (used to simulate flexible regions; each atom then
+            integrates to the same total as without it).
 
     Returns:
         float32 density ``[z, y, x]``.
     """
-    k = gaussian_k(resolution_A)
-    sigma = 1.0 / math.sqrt(2.0 * k)
+    sigma2 = np.full(len(atomic_numbers), (SIGMA_PER_RESOLUTION * resolution_A) ** 2)
+    weights = np.asarray(atomic_numbers, dtype=np.float64).copy()
+    if extra_b is not None:
+        widened = sigma2 + np.asarray(extra_b, float) / (8 * math.pi ** 2)
+        weights *= (sigma2 / widened) ** 1.5
+        sigma2 = widened
     density = np.zeros(int(np.prod(shape_zyx)), dtype=np.float64)
     fractional = (np.asarray(coords_xyz, float) - np.asarray(origin_xyz, float)) / voxel_size_A
-    weights = np.asarray(atomic_numbers, dtype=np.float64)
-    half = [int(math.ceil(_CUTOFF_SIGMAS * sigma / v)) for v in voxel_size_A]
+    half = [int(math.ceil(_CUTOFF_SIGMAS * math.sqrt(sigma2.max()) / v)) for v in voxel_size_A]
     for start in range(0, len(weights), _CHUNK):
         part = slice(start, start + _CHUNK)
-        _add_atoms(density, fractional[part], weights[part], shape_zyx, voxel_size_A, half, k)
+        _add_atoms(density, fractional[part], weights[part], shape_zyx, voxel_size_A, half,
+                   1.0 / (2.0 * sigma2[part]))
     return density.reshape(shape_zyx).astype(np.float32)
 
 
 def _add_atoms(density: np.ndarray, fractional: np.ndarray, weights: np.ndarray,
                shape_zyx: tuple[int, int, int], voxel_size_A: tuple[float, float, float],
-               half: list[int], k: float) -> None:
-    """Add the Gaussians of a chunk of atoms into the flat ``density``."""
+               half: list[int], k: np.ndarray) -> None:
+    """Add the Gaussians (per-atom ``k``) of a chunk of atoms into the flat ``density``."""
     nz, ny, nx = shape_zyx
     per_axis = []
     for axis, (n, v, h) in enumerate(zip((nx, ny, nz), voxel_size_A, half)):
         centre = np.floor(fractional[:, axis]).astype(int)
         index = centre[:, None] + np.arange(-h, h + 2)[None, :]
-        values = np.exp(-k * ((index - fractional[:, axis:axis + 1]) * v) ** 2)
+        values = np.exp(-k[:, None] * ((index - fractional[:, axis:axis + 1]) * v) ** 2)
         inside = (index >= 0) & (index < n)
         per_axis.append((np.clip(index, 0, n - 1), values * inside))
     (ix, gx), (iy, gy), (iz, gz) = per_axis

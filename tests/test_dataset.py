@@ -160,3 +160,46 @@ def test_protein_filters_on_real_models(shared_data):
 def test_prepare_without_no_struct_says_what_to_do(two_pairs_csv, tmp_path):
     result = runner.invoke(app, ["prepare-data", str(two_pairs_csv), "-o", str(tmp_path / "x")])
     assert result.exit_code == 1 and "--no-struct" in result.stderr
+
+
+def test_simulated_pairs_from_models(shared_data, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("1akeA.pdb", "1aki.cif"):
+        (models / name).write_bytes((shared_data / "structures" / name).read_bytes())
+    out = tmp_path / "sim"
+    reference = shared_data / "unpaired/emd_6824.mrc"
+    result = runner.invoke(app, ["prepare-data", "-o", str(out), "--no-struct",
+                                 "--simulate-from", str(models), "--noise-reference",
+                                 str(reference), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    entries = {e["name"]: e for e in manifest["pairs"]}
+    assert set(entries) == {"sim-1akeA", "sim-1aki"}
+    for entry in entries.values():
+        assert entry["status"] == "ok" and entry["cubes"] > 0
+        assert 4.0 <= entry["degradation"]["resolution_A"] <= 8.0
+        shard = np.load(out / entry["shard"], mmap_mode="r")
+        assert shard.shape[0] == entry["cubes"]
+        source, target = shard[0, 0].astype(np.float32), shard[0, 1].astype(np.float32)
+        assert 0.2 < metrics.pearson(source, target) < 0.98  # related, but degraded
+    again = dataset.prepare_data(output_dir=tmp_path / "again", simulate_from=models,
+                                 noise_reference=reference, seed=3)
+    assert [e["degradation"] for e in again["pairs"]] == [
+        entries[e["name"]]["degradation"] for e in again["pairs"]]
+    missing = runner.invoke(app, ["prepare-data", "-o", str(out), "--no-struct",
+                                  "--simulate-from", str(models)])
+    assert missing.exit_code == 1 and "--noise-reference" in missing.stderr
+
+
+def test_shaped_noise_follows_the_reference_spectrum(shared_data):
+    from cryosamu_cli import degrade
+
+    data, grid_info = mapio.read_map(shared_data / "unpaired/emd_6824.mrc")
+    frequency, power = degrade.radial_power_spectrum(data, grid_info.voxel_size_zyx)
+    noise = degrade.shaped_noise((80, 80, 80), 1.0, (frequency, power),
+                                 np.random.default_rng(0))
+    f_noise, p_noise = degrade.radial_power_spectrum(noise, (1.0, 1.0, 1.0))
+    inside = (f_noise > 0.02) & (f_noise < frequency[-1])
+    ratio = p_noise[inside] / np.interp(f_noise[inside], frequency, power)
+    assert ratio.std() / ratio.mean() < 0.25  # same shape, up to a scale

@@ -14,15 +14,17 @@ app = typer.Typer()
 
 EXAMPLE = """cryosamu prepare-data ../shared/data/pairs.csv -o training_data --no-struct --workers 2
 
-cryosamu prepare-data pairs.csv -o data --no-struct --role train --min-cc 0.6"""
+cryosamu prepare-data pairs.csv -o data --no-struct --role train --min-cc 0.6
+
+cryosamu prepare-data -o sim --no-struct --simulate-from models/ --noise-reference emd_6824.mrc"""
 
 
 @app.command("prepare-data", epilog=epilog(EXAMPLE))
 def prepare_cmd(
-    pairs_csv: Annotated[Path, typer.Argument(help="CSV with map, model, resolution "
-                                              "(and split/role, name) columns.")],
     output_dir: Annotated[Path, typer.Option("--output", "-o", file_okay=False,
                                              help="Folder for shards and manifest.json.")],
+    pairs_csv: Annotated[Optional[Path], typer.Argument(
+        help="CSV with map, model, resolution (and split/role, name) columns.")] = None,
     no_struct: Annotated[bool, typer.Option("--no-struct", help="Skip the ESM-IF1 structure "
                                             "embeddings.")] = False,
     workers: Annotated[int, typer.Option(help="Pairs prepared in parallel.", min=1)] = 1,
@@ -31,6 +33,13 @@ def prepare_cmd(
     max_res: Annotated[float, typer.Option("--max-res", help="Refuse maps coarser than this (Å).")] = 10.0,
     min_cc: Annotated[float, typer.Option("--min-cc", help="Filter pairs whose map–model "
                                           "CC_mask is below this.")] = 0.65,
+    simulate_from: Annotated[Optional[Path], typer.Option(
+        "--simulate-from", file_okay=False, help="Folder of models to simulate "
+        "experimental-like pairs from.")] = None,
+    noise_reference: Annotated[Optional[Path], typer.Option(
+        "--noise-reference", dir_okay=False, help="Real map whose noise spectrum the "
+        "simulated maps follow.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated degradations.")] = 0,
 ) -> None:
     """Map–model pairs → 1 Å grids, eq. 1 targets and 64³ cube shards (resumable)."""
     from cryosamu_cli import dataset
@@ -44,10 +53,12 @@ def prepare_cmd(
                                          min_cc_mask=min_cc)
         manifest = dataset.prepare_data(
             pairs_csv=pairs_csv, output_dir=output_dir, options=options, workers=workers,
-            role=role, on_pair=lambda e: console.print(f"{e['name']}: {e['status']} "
+            role=role, simulate_from=simulate_from, noise_reference=noise_reference, seed=seed,
+            on_pair=lambda e: console.print(f"{e['name']}: {e['status']} "
                                                        f"{e.get('reason', '')}"))
-    table = Table("pair", "split", "status", "cubes", "CC_mask", "reason")
+    table = Table("pair", "split", "status", "cubes", "CC_mask", "resolution", "reason")
     for e in manifest["pairs"]:
         table.add_row(e["name"], e["split"], e["status"], str(e["cubes"]),
-                      str(e.get("cc_mask", "")), e.get("reason", ""))
+                      str(e.get("cc_mask", "")), str(e.get("resolution_A") or ""),
+                      e.get("reason", ""))
     console.print(table)
