@@ -56,6 +56,7 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
                  options: PrepareOptions = PrepareOptions(), workers: int = 1,
                  role: str | None = None, simulate_from: str | os.PathLike | None = None,
                  noise_reference: str | os.PathLike | None = None, seed: int = 0,
+                 embedder: Callable[[Atoms], np.ndarray] | None = None,
                  on_pair: Callable[[dict], None] | None = None) -> dict:
     """Turn every pair of ``pairs_csv`` (and every model of ``simulate_from``) into cube
     shards; resumable.
@@ -75,6 +76,9 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
         noise_reference: A real map whose power spectrum shapes the simulated noise (needed
             with ``simulate_from``).
         seed: Seed of the simulated degradations (each model gets its own stream).
+        embedder: Model atoms → ``800 × 512`` structure embedding (ESM-IF1 + pooling,
+            :func:`cryosamu_cli.embed.embed_structure`); saved as ``embeddings/<name>.npy``
+            for every pair that is ``ok``. None: no embeddings (``--no-struct``).
 
     Returns:
         The manifest.
@@ -90,6 +94,8 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
     todo = [job for job in jobs if job.name not in done]
     manifest["pairs"] = [done[job.name] for job in jobs if job.name in done]
     for entry in _run_jobs(todo, output_dir, options, workers):
+        if embedder is not None and entry["status"] == "ok":
+            entry["embedding"] = _write_embedding(output_dir, entry, embedder)
         manifest["pairs"].append(entry)
         _save_manifest(output_dir, manifest)
         if on_pair is not None:
@@ -311,6 +317,21 @@ def write_shard(path: Path, cubes: np.ndarray) -> Path:
     return path
 
 
+def _write_embedding(output_dir: Path, entry: dict, embedder) -> str | None:
+    """Embed the pair's model and save it (float16); None when the model has no backbone."""
+    try:
+        embedding = np.asarray(embedder(_heavy_atoms(read_atoms(entry["source"]["model"]))))
+    except ValueError as exc:
+        entry["embedding_note"] = str(exc)
+        return None
+    path = output_dir / "embeddings" / f"{entry['name']}.npy"
+    path.parent.mkdir(exist_ok=True)
+    with atomic_target(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, embedding.astype(np.float16))
+    return str(path.relative_to(output_dir))
+
+
 def _grid_summary(grid_info: mapio.GridInfo) -> dict:
     """The map's geometry for the manifest."""
     return {"shape_zyx": list(grid_info.shape_zyx), "voxel_size_A": list(grid_info.voxel_size_A),
@@ -353,11 +374,14 @@ def _save_manifest(output_dir: Path, manifest: dict) -> None:
 class CubePairDataset:
     """Random access to the cube pairs of a ``prepare-data`` folder, one split at a time.
 
-    Shards are memory-mapped: nothing is loaded until a cube is asked for.
-    ``dataset[i]`` is ``(input, target)``, each a float32 tensor ``(1, c, c, c)``.
+    Shards are memory-mapped: nothing is loaded until a cube is asked for. ``dataset[i]`` is
+    ``(input, target)``, each a float32 tensor ``(1, c, c, c)``; with ``with_struct`` it is
+    ``(input, target, embedding)`` with the pair's ``L × 512`` embedding (zeros when the pair
+    has none).
     """
 
-    def __init__(self, data_dir: str | os.PathLike, split: str = "train") -> None:
+    def __init__(self, data_dir: str | os.PathLike, split: str = "train",
+                 with_struct: bool = False) -> None:
         self.data_dir = Path(data_dir)
         manifest_path = self.data_dir / "manifest.json"
         if not manifest_path.is_file():
@@ -365,6 +389,8 @@ class CubePairDataset:
         entries = [e for e in json.loads(manifest_path.read_text())["pairs"]
                    if e.get("status") == "ok" and e.get("split") == split and e["cubes"]]
         self.names = [e["name"] for e in entries]
+        self.with_struct = with_struct
+        self._embeddings = [e.get("embedding") for e in entries]
         self._shards = [np.load(self.data_dir / e["shard"], mmap_mode="r") for e in entries]
         self._index = [(s, c) for s, shard in enumerate(self._shards) for c in range(len(shard))]
 
@@ -376,4 +402,17 @@ class CubePairDataset:
 
         shard, cube = self._index[item]
         pair = np.asarray(self._shards[shard][cube], dtype=np.float32)
-        return torch.from_numpy(pair[0:1].copy()), torch.from_numpy(pair[1:2].copy())
+        tensors = (torch.from_numpy(pair[0:1].copy()), torch.from_numpy(pair[1:2].copy()))
+        if not self.with_struct:
+            return tensors
+        return (*tensors, self._embedding(shard))
+
+    def _embedding(self, shard: int):
+        import torch
+
+        from cryosamu_cli.embed import EMBEDDING_DIM, EMBEDDING_LENGTH
+
+        relative = self._embeddings[shard]
+        if relative is None:
+            return torch.zeros(EMBEDDING_LENGTH, EMBEDDING_DIM)
+        return torch.from_numpy(np.load(self.data_dir / relative).astype(np.float32))

@@ -61,3 +61,116 @@ def structure_embedding(chains: Sequence[torch.Tensor],
                         length: int = EMBEDDING_LENGTH) -> torch.Tensor:
     """Per-chain embeddings → the fixed ``length × d`` representation used as keys/values."""
     return fixed_length(pool_chains(chains), length)
+
+
+# --------------------------------------------------------------------------- ESM-IF1
+
+ESM_IF1_NAME = "esm_if1_gvp4_t16_142M_UR50"
+# Hyper-parameters of ESM-IF1 (GVP-Transformer, 142M), used only to build the architecture with
+# random weights for tests; a real checkpoint always brings its own.
+ESM_IF1_ARGS = dict(
+    arch="vt_medium_gvp4_t16_esm_if1", encoder_embed_dim=512, decoder_embed_dim=512,
+    encoder_ffn_embed_dim=2048, decoder_ffn_embed_dim=2048, encoder_attention_heads=8,
+    decoder_attention_heads=8, encoder_layers=8, decoder_layers=8, gvp_num_encoder_layers=4,
+    num_encoder_layers=4, node_hidden_dim_scalar=1024, node_hidden_dim_vector=256,
+    edge_hidden_dim_scalar=32, edge_hidden_dim_vector=1, top_k_neighbors=30, dropout=0.1,
+    attention_dropout=0.1, gvp_top_k_neighbors=30, gvp_node_hidden_dim_scalar=1024,
+    gvp_node_hidden_dim_vector=256, gvp_edge_hidden_dim_scalar=32,
+    gvp_edge_hidden_dim_vector=1, gvp_dropout=0.1)
+
+
+def _provide_torch_scatter() -> None:
+    """fair-esm imports ``torch_scatter``, which has no wheel for current torch: when it is
+    missing, register a small stand-in built on ``torch_geometric.utils.scatter`` (the two
+    functions ESM-IF1 uses; same results)."""
+    import importlib.util
+    import sys
+    import types
+
+    if "torch_scatter" in sys.modules or importlib.util.find_spec("torch_scatter") is not None:
+        return
+    from torch_geometric.utils import scatter as pyg_scatter
+
+    def scatter(src, index, dim=-1, out=None, dim_size=None, reduce="sum"):
+        dim = dim if dim >= 0 else src.dim() + dim
+        result = pyg_scatter(src, index, dim=dim, dim_size=dim_size, reduce=reduce)
+        return result if out is None else out.copy_(result)
+
+    def scatter_add(src, index, dim=-1, out=None, dim_size=None):
+        return scatter(src, index, dim, out, dim_size, reduce="sum")
+
+    module = types.ModuleType("torch_scatter")
+    module.scatter, module.scatter_add = scatter, scatter_add
+    sys.modules["torch_scatter"] = module
+
+
+def load_esm_if1(weights_path=None, random_weights: bool = False, seed: int = 0):
+    """ESM-IF1 and its alphabet, in eval mode.
+
+    Args:
+        weights_path: A local ``esm_if1_gvp4_t16_142M_UR50.pt``; default: fair-esm's own
+            loader, which downloads it on first use.
+        random_weights: Build the architecture with random weights (tests; no download).
+        seed: Seed for the random weights.
+
+    Raises:
+        CryosamuError: fair-esm (or its dependencies) is missing, or the weights cannot be had.
+    """
+    from cryosamu_cli.errors import CryosamuError
+
+    try:
+        _provide_torch_scatter()
+        import esm
+        import esm.inverse_folding  # noqa: F401
+    except ImportError as exc:
+        raise CryosamuError("structure embeddings need fair-esm, torch_geometric and "
+                            "biotite<1: pip install 'cryosamu[struct]'") from exc
+    if random_weights:
+        from argparse import Namespace
+
+        torch.manual_seed(seed)
+        alphabet = esm.Alphabet.from_architecture("invariant_gvp")
+        model = esm.inverse_folding.gvp_transformer.GVPTransformerModel(
+            Namespace(**ESM_IF1_ARGS), alphabet)
+        return model.eval(), alphabet
+    try:
+        if weights_path is not None:
+            model, alphabet = esm.pretrained.load_model_and_alphabet_local(str(weights_path))
+        else:
+            model, alphabet = esm.pretrained.esm_if1_gvp4_t16_142M_UR50()
+    except Exception as exc:  # torch.hub raises URLError, HTTPError, RuntimeError, ...
+        raise CryosamuError(f"cannot load {ESM_IF1_NAME} ({type(exc).__name__}); download it "
+                            "where the internet is reachable and pass --esm-weights PATH") from exc
+    return model.eval(), alphabet
+
+
+def chain_backbones(atoms) -> dict[str, "np.ndarray"]:
+    """N, CA, C coordinates ``(R, 3, 3)`` per chain, of standard amino acids with a complete
+    backbone, in file order."""
+    import numpy as np
+
+    from cryosamu_cli.structure import STANDARD_AMINO_ACIDS
+
+    wanted = {"N": 0, "CA": 1, "C": 2}
+    per_residue: dict[int, dict[int, "np.ndarray"]] = {}
+    for xyz, name, residue in zip(atoms.xyz, atoms.atom_name, atoms.residue_index):
+        if name in wanted:
+            per_residue.setdefault(int(residue), {}).setdefault(wanted[name], xyz)
+    chains: dict[str, list] = {}
+    for index, (chain, _, resname) in enumerate(atoms.residues):
+        found = per_residue.get(index, {})
+        if resname in STANDARD_AMINO_ACIDS and len(found) == 3:
+            chains.setdefault(chain, []).append([found[0], found[1], found[2]])
+    return {chain: np.array(coords, dtype=np.float32) for chain, coords in chains.items()}
+
+
+@torch.inference_mode()
+def embed_structure(atoms, model, alphabet, length: int = EMBEDDING_LENGTH) -> torch.Tensor:
+    """ESM-IF1 encoder output per chain, pooled to ``length × 512`` (eqs. 2–6)."""
+    from esm.inverse_folding.util import get_encoder_output
+
+    backbones = chain_backbones(atoms)
+    if not backbones:
+        raise ValueError("no standard residue with a complete backbone")
+    chains = [get_encoder_output(model, alphabet, coords) for coords in backbones.values()]
+    return structure_embedding(chains, length)

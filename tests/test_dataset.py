@@ -157,9 +157,49 @@ def test_protein_filters_on_real_models(shared_data):
     assert all(actin.values())
 
 
-def test_prepare_without_no_struct_says_what_to_do(two_pairs_csv, tmp_path):
-    result = runner.invoke(app, ["prepare-data", str(two_pairs_csv), "-o", str(tmp_path / "x")])
-    assert result.exit_code == 1 and "--no-struct" in result.stderr
+def test_structure_embeddings_with_random_esm_if1_weights(shared_data, tmp_path):
+    pytest.importorskip("esm", reason="fair-esm is not installed (pip install -e '.[test]')")
+    from cryosamu_cli import embed
+
+    model, alphabet = embed.load_esm_if1(random_weights=True)
+    assert 1.3e8 < sum(p.numel() for p in model.parameters()) < 1.5e8  # the 142M architecture
+    csv_path = tmp_path / "one.csv"
+    csv_path.write_text("name,map,model,resolution,split\n"
+                        f"mito,{shared_data}/pairs/emd-2566/2566_3J6B_9.mrc,"
+                        f"{shared_data}/pairs/emd-2566/3J6B_9.pdb,3.2,train\n")
+    calls = []
+
+    def embedder(atoms):
+        calls.append(len(atoms))
+        return embed.embed_structure(atoms, model, alphabet).numpy()
+
+    manifest = dataset.prepare_data(pairs_csv=csv_path, output_dir=tmp_path / "d",
+                                    embedder=embedder)
+    (entry,) = manifest["pairs"]
+    stored = np.load(tmp_path / "d" / entry["embedding"])
+    assert stored.shape == (800, 512) and stored.dtype == np.float16 and len(calls) == 1
+    direct = embedder(read_atoms(shared_data / "pairs/emd-2566/3J6B_9.pdb"))
+    assert np.allclose(stored.astype(np.float32), direct, atol=1e-3)  # deterministic
+    data = dataset.CubePairDataset(tmp_path / "d", "train", with_struct=True)
+    source, target, embedding = data[0]
+    assert embedding.shape == (800, 512) and source.shape == (1, 64, 64, 64)
+
+
+def test_torch_scatter_stand_in_matches_index_add():
+    pytest.importorskip("torch_geometric")
+    import sys
+
+    import torch
+
+    from cryosamu_cli import embed
+
+    embed._provide_torch_scatter()
+    scatter_add = sys.modules["torch_scatter"].scatter_add
+    index = torch.tensor([0, 2, 2, 1, 0])
+    src = torch.arange(10.0).reshape(5, 2)
+    expected = torch.zeros(4, 2).index_add_(0, index, src)
+    assert torch.equal(scatter_add(src, index, dim=0, dim_size=4), expected)
+    assert torch.equal(scatter_add(torch.ones(5), index, dim_size=3), torch.tensor([2.0, 1, 2]))
 
 
 def test_simulated_pairs_from_models(shared_data, tmp_path):

@@ -40,21 +40,21 @@ def prepare_cmd(
         "--noise-reference", dir_okay=False, help="Real map whose noise spectrum the "
         "simulated maps follow.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulated degradations.")] = 0,
+    esm_weights: Annotated[Optional[Path], typer.Option(
+        "--esm-weights", dir_okay=False, help="Local ESM-IF1 checkpoint (default: fair-esm's "
+        "download on first use).")] = None,
 ) -> None:
     """Map–model pairs → 1 Å grids, eq. 1 targets and 64³ cube shards (resumable)."""
     from cryosamu_cli import dataset
-    from cryosamu_cli.errors import ConfigError
 
     with user_errors():
-        if not no_struct:
-            raise ConfigError("ESM-IF1 structure embeddings are not available in this version "
-                              "yet; pass --no-struct")
+        embedder = None if no_struct else _esm_embedder(esm_weights)
         options = dataset.PrepareOptions(min_resolution_A=min_res, max_resolution_A=max_res,
                                          min_cc_mask=min_cc)
         manifest = dataset.prepare_data(
             pairs_csv=pairs_csv, output_dir=output_dir, options=options, workers=workers,
             role=role, simulate_from=simulate_from, noise_reference=noise_reference, seed=seed,
-            on_pair=lambda e: console.print(f"{e['name']}: {e['status']} "
+            embedder=embedder, on_pair=lambda e: console.print(f"{e['name']}: {e['status']} "
                                                        f"{e.get('reason', '')}"))
     table = Table("pair", "split", "status", "cubes", "CC_mask", "resolution", "reason")
     for e in manifest["pairs"]:
@@ -62,3 +62,11 @@ def prepare_cmd(
                       str(e.get("cc_mask", "")), str(e.get("resolution_A") or ""),
                       e.get("reason", ""))
     console.print(table)
+
+
+def _esm_embedder(esm_weights: Optional[Path]):
+    """Model atoms → pooled ESM-IF1 embedding, with the network loaded once."""
+    from cryosamu_cli import embed
+
+    model, alphabet = embed.load_esm_if1(esm_weights)
+    return lambda atoms: embed.embed_structure(atoms, model, alphabet).numpy()
