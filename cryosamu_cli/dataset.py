@@ -37,6 +37,7 @@ TARGET_RESOLUTION_A = 2.0
 CUBE_SIZE = 64
 PADDING = 64
 MIN_TARGET_DENSITY = 0.05
+PAPER_PAIRS = Path(__file__).resolve().parent / "data" / "paper_pairs.csv"
 SPLITS = ("train", "val", "test")
 
 
@@ -118,6 +119,8 @@ def _jobs(pairs_csv, role, simulate_from, noise_reference, seed) -> list:
     """The real pairs of the CSV and the simulation jobs, in order."""
     if pairs_csv is None and simulate_from is None:
         raise ConfigError("give a pairs CSV, --simulate-from DIR, or both")
+    if str(pairs_csv) == "paper":
+        pairs_csv = PAPER_PAIRS
     jobs: list = read_pairs(pairs_csv, role=role) if pairs_csv is not None else []
     if simulate_from is not None:
         jobs += _simulation_jobs(Path(simulate_from), noise_reference, seed)
@@ -224,8 +227,9 @@ def _prepare(pair: Pair, output_dir: Path, options: PrepareOptions, split: str) 
     if split == "excluded":
         return {"status": "filtered", "reason": f"role '{pair.split}' is not for training"}
     resolution = _checked_resolution(pair, options)
-    data, grid_info = mapio.read_map(pair.map_path)
-    atoms = _heavy_atoms(read_atoms(pair.model_path))
+    map_path, model_path = _sources(pair)
+    data, grid_info = mapio.read_map(map_path)
+    atoms = _heavy_atoms(read_atoms(model_path))
     filters = protein_filters(atoms)
     info = {"grid": _grid_summary(grid_info), "filters": filters}
     if not all(filters.values()):
@@ -240,6 +244,15 @@ def _prepare(pair: Pair, output_dir: Path, options: PrepareOptions, split: str) 
     raw, target = map_and_target_on_1A(data, grid_info, atoms)
     stored = _store(raw, target, grid_info, pair.name, output_dir, options)
     return {**info, **stored, "grid": _grid_summary(grid_info)}
+
+
+def _sources(pair: Pair) -> tuple[Path, Path]:
+    """Local map and model files: paths as given, or EMDB/PDB IDs fetched into the cache."""
+    from cryosamu_cli import download
+    from cryosamu_cli.weights import cache_dir
+
+    return (download.resolve_map(pair.map_path, cache_dir()),
+            download.resolve_model(pair.model_path, cache_dir()))
 
 
 def split_of(pair: Pair, val_fraction: float) -> str:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 
 import platformdirs
 
+from cryosamu_cli import download
 from cryosamu_cli.atomic import atomic_target
 from cryosamu_cli.errors import ConfigError, DownloadError, WeightsError
 
@@ -162,61 +161,10 @@ def download_weights(entry: WeightsEntry, *, progress: DownloadProgress | None =
     Raises:
         DownloadError: HTTP error, connection lost, wrong size or checksum, unwritable cache.
     """
-    import requests
-
     target = cache_dir() / entry.file
-    _ensure_writable_cache(target.parent)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        with requests.get(entry.url, stream=True, timeout=timeout_s) as response:
-            if response.status_code != 200:
-                raise DownloadError(f"download of '{entry.name}' from {entry.url} failed: "
-                                    f"HTTP {response.status_code}")
-            digest, size = _stream_to_file(response, partial, entry, progress)
-        _check_download(entry, digest, size)
-        os.replace(partial, target)
-    except requests.RequestException as exc:
-        raise DownloadError(f"download of '{entry.name}' from {entry.url} failed: "
-                            f"{type(exc).__name__}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
-
-
-def _ensure_writable_cache(folder: Path) -> None:
-    """Create the cache folder or explain how to choose another one."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".probe.")
-        probe.close()
-    except OSError as exc:
-        raise DownloadError(f"cache folder {folder} is not writable ({exc.strerror}); "
-                            f"set {CACHE_ENV} to a writable folder") from exc
-
-
-def _stream_to_file(response: Any, partial: Path, entry: WeightsEntry,
-                    progress: DownloadProgress | None) -> tuple[str, int]:
-    """Write the response body to ``partial`` while hashing it; return (sha256, bytes)."""
-    total = int(response.headers.get("Content-Length") or entry.size or 0) or None
-    digest, size = hashlib.sha256(), 0
-    with open(partial, "wb") as handle:
-        for chunk in response.iter_content(chunk_size=_CHUNK):
-            handle.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-            if progress is not None:
-                progress(size, total)
-    return digest.hexdigest(), size
-
-
-def _check_download(entry: WeightsEntry, sha256: str, size: int) -> None:
-    """Refuse a download whose size or checksum differs from the manifest."""
-    if size != entry.size:
-        raise DownloadError(f"download of '{entry.name}' is incomplete: {size} of "
-                            f"{entry.size} bytes")
-    if sha256 != entry.sha256:
-        raise DownloadError(f"download of '{entry.name}' has SHA-256 {sha256[:12]}…, expected "
-                            f"{entry.sha256[:12]}…; the file was discarded")
+    download.ensure_writable(target.parent, f"set {CACHE_ENV} to a writable folder")
+    return download.fetch(entry.url, target, sha256=entry.sha256, size=entry.size,
+                          timeout_s=timeout_s, progress=progress, label=f"'{entry.name}'")
 
 
 def sha256_of(path: Path) -> str:

@@ -80,3 +80,44 @@ def tiny_checkpoint(tmp_path_factory, tiny_config) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
     return save_checkpoint(path, UNet3D.from_config(tiny_config))
+
+
+@pytest.fixture
+def http_server():
+    """A server on 127.0.0.1 answering from a mutable ``routes`` dict; yields (base_url, routes,
+    hits) where ``hits`` counts requests per path. ``routes[path]`` is bytes (200), an int (that
+    HTTP status), ``("cut", bytes)`` (announce the full length, send a third, close), or a
+    function of the request count returning one of those."""
+    import http.server
+    import threading
+
+    routes: dict = {}
+    hits: dict = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            hits[self.path] = hits.get(self.path, 0) + 1
+            answer = routes.get(self.path, 404)
+            if callable(answer):
+                answer = answer(hits[self.path])
+            if isinstance(answer, int):
+                self.send_error(answer)
+                return
+            cut = isinstance(answer, tuple)
+            body = answer[1] if cut else answer
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 3] if cut else body)
+            if cut:
+                self.wfile.flush()
+                self.connection.close()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", routes, hits
+    server.shutdown()

@@ -243,3 +243,46 @@ def test_shaped_noise_follows_the_reference_spectrum(shared_data):
     inside = (f_noise > 0.02) & (f_noise < frequency[-1])
     ratio = p_noise[inside] / np.interp(f_noise[inside], frequency, power)
     assert ratio.std() / ratio.mean() < 0.25  # same shape, up to a scale
+
+
+def test_ids_are_downloaded_from_emdb_and_rcsb(shared_data, tmp_path, http_server, monkeypatch):
+    import gzip
+
+    import gemmi
+
+    from cryosamu_cli import download
+
+    base, routes, hits = http_server
+    monkeypatch.setenv("CRYOSAMU_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(download.EMDB_URL_ENV, f"{base}/emdb")
+    monkeypatch.setenv(download.RCSB_URL_ENV, f"{base}/pdb")
+    map_bytes = gzip.compress((shared_data / "pairs/emd-2566/2566_3J6B_9.mrc").read_bytes())
+    structure = gemmi.read_structure(str(shared_data / "pairs/emd-2566/3J6B_9.pdb"))
+    cif = structure.make_mmcif_document().as_string().encode()
+    routes["/emdb/EMD-2566/map/emd_2566.map.gz"] = lambda n: 503 if n == 1 else map_bytes
+    routes["/pdb/3J6B.cif.gz"] = gzip.compress(cif)
+    routes["/emdb/EMD-9999/map/emd_9999.map.gz"] = ("cut", map_bytes)
+    csv_path = tmp_path / "ids.csv"
+    csv_path.write_text("name,map,model,resolution,split\n"
+                        "by-id,EMD-2566,3J6B,3.2,train\n"
+                        "cut,EMD-9999,3J6B,3.2,train\n")
+    manifest = dataset.prepare_data(pairs_csv=csv_path, output_dir=tmp_path / "d")
+    entries = {e["name"]: e for e in manifest["pairs"]}
+    assert entries["by-id"]["status"] == "ok" and entries["by-id"]["cubes"] > 0
+    assert hits["/emdb/EMD-2566/map/emd_2566.map.gz"] == 2  # a 503, then a retry
+    assert entries["cut"]["status"] == "failed"
+    assert "failed after 3 attempts (ChunkedEncodingError)" in entries["cut"]["reason"]
+    cached = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert cached == ["3J6B.cif.gz", "emd_2566.map.gz"]  # nothing partial left
+
+
+def test_paper_tables_ship_with_the_package():
+    from cryosamu_cli.pairs import read_pairs
+
+    pairs = read_pairs(dataset.PAPER_PAIRS)
+    counts = {s: sum(p.split == s for p in pairs) for s in ("train", "val", "test")}
+    assert counts == {"train": 245, "val": 62, "test": 75}  # as listed in Tables S1-S3
+    assert all(4.0 <= p.resolution_A <= 8.0 for p in pairs)
+    first = pairs[0]
+    assert (first.map_path.name, first.model_path.name, first.resolution_A) == (
+        "EMD-21388", "6VU8", 4.14)

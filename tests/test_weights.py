@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
 
 import pytest
 
@@ -14,37 +12,12 @@ from cryosamu_cli.errors import DownloadError, WeightsError
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        if self.path == "/model.pt":
-            self._send(PAYLOAD)
-        elif self.path == "/cut.pt":
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(PAYLOAD)))
-            self.end_headers()
-            self.wfile.write(PAYLOAD[: len(PAYLOAD) // 3])
-            self.wfile.flush()
-            self.connection.close()
-        else:
-            self.send_error(404)
-
-    def _send(self, body):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+@pytest.fixture
+def server(http_server):
+    base, routes, _ = http_server
+    routes["/model.pt"] = PAYLOAD
+    routes["/cut.pt"] = ("cut", PAYLOAD)
+    return base
 
 
 @pytest.fixture

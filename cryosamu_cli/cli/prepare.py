@@ -16,6 +16,8 @@ EXAMPLE = """cryosamu prepare-data ../shared/data/pairs.csv -o training_data --n
 
 cryosamu prepare-data pairs.csv -o data --no-struct --role train --min-cc 0.6
 
+cryosamu prepare-data --pairs paper -o paper_set    # needs EMDB, RCSB and the ESM weights
+
 cryosamu prepare-data -o sim --no-struct --simulate-from models/ --noise-reference emd_6824.mrc"""
 
 
@@ -24,7 +26,10 @@ def prepare_cmd(
     output_dir: Annotated[Path, typer.Option("--output", "-o", file_okay=False,
                                              help="Folder for shards and manifest.json.")],
     pairs_csv: Annotated[Optional[Path], typer.Argument(
-        help="CSV with map, model, resolution (and split/role, name) columns.")] = None,
+        help="CSV with map, model, resolution (and split/role, name) columns; map and model "
+        "are paths or EMDB/PDB IDs. 'paper': the paper's Tables S1-S3.")] = None,
+    pairs_option: Annotated[Optional[Path], typer.Option(
+        "--pairs", help="Same as PAIRS_CSV (e.g. --pairs paper).")] = None,
     no_struct: Annotated[bool, typer.Option("--no-struct", help="Skip the ESM-IF1 structure "
                                             "embeddings.")] = False,
     workers: Annotated[int, typer.Option(help="Pairs prepared in parallel.", min=1)] = 1,
@@ -52,7 +57,7 @@ def prepare_cmd(
         options = dataset.PrepareOptions(min_resolution_A=min_res, max_resolution_A=max_res,
                                          min_cc_mask=min_cc)
         manifest = dataset.prepare_data(
-            pairs_csv=pairs_csv, output_dir=output_dir, options=options, workers=workers,
+            pairs_csv=pairs_csv or pairs_option, output_dir=output_dir, options=options, workers=workers,
             role=role, simulate_from=simulate_from, noise_reference=noise_reference, seed=seed,
             embedder=embedder, on_pair=lambda e: console.print(f"{e['name']}: {e['status']} "
                                                        f"{e.get('reason', '')}"))
