@@ -49,6 +49,7 @@ class PrepareOptions:
     max_resolution_A: float = 10.0
     min_cc_mask: float = 0.65
     val_fraction: float = 0.1
+    dedup_identity: float | None = None
     cube_size: int = CUBE_SIZE
     padding: int = PADDING
 
@@ -58,6 +59,7 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
                  role: str | None = None, simulate_from: str | os.PathLike | None = None,
                  noise_reference: str | os.PathLike | None = None, seed: int = 0,
                  embedder: Callable[[Atoms], np.ndarray] | None = None,
+                 on_plan: Callable[[int], None] | None = None,
                  on_pair: Callable[[dict], None] | None = None) -> dict:
     """Turn every pair of ``pairs_csv`` (and every model of ``simulate_from``) into cube
     shards; resumable.
@@ -80,6 +82,8 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
         embedder: Model atoms → ``800 × 512`` structure embedding (ESM-IF1 + pooling,
             :func:`cryosamu_cli.embed.embed_structure`); saved as ``embeddings/<name>.npy``
             for every pair that is ``ok``. None: no embeddings (``--no-struct``).
+        on_plan: Called with the number of pairs to prepare (after resuming and dedup).
+        on_pair: Called with each finished pair's manifest entry.
 
     Returns:
         The manifest.
@@ -94,6 +98,11 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
     done = {e["name"]: e for e in manifest["pairs"] if _is_finished(e, output_dir)}
     todo = [job for job in jobs if job.name not in done]
     manifest["pairs"] = [done[job.name] for job in jobs if job.name in done]
+    if options.dedup_identity is not None:
+        todo, duplicates = deduplicate(todo, options.dedup_identity)
+        manifest["pairs"] += duplicates
+    if on_plan is not None:
+        on_plan(len(todo))
     for entry in _run_jobs(todo, output_dir, options, workers):
         if embedder is not None and entry["status"] == "ok":
             entry["embedding"] = _write_embedding(output_dir, entry, embedder)
@@ -142,6 +151,38 @@ def _simulation_jobs(folder: Path, noise_reference, seed: int) -> list[_Simulati
                     if p.name.lower().endswith((".pdb", ".cif", ".ent", ".pdb.gz", ".cif.gz")))
     return [_SimulationJob(f"sim-{p.name.split('.')[0]}", p, reference, seed + i)
             for i, p in enumerate(models)]
+
+
+def deduplicate(jobs: list, threshold: float) -> tuple[list, list[dict]]:
+    """Keep one pair per group of models sharing more than ``threshold`` sequence identity
+    (greedy, in order; any pair of chains counts). Returns the kept jobs and a ``filtered``
+    manifest entry for each dropped one."""
+    from cryosamu_cli.structure import chain_sequences, max_chain_identity
+
+    kept, kept_sequences, dropped = [], [], []
+    for job in jobs:
+        try:
+            sequences = chain_sequences(read_atoms(_model_of(job)))
+        except CryosamuError:
+            kept.append(job)  # its own failure is reported when it is prepared
+            continue
+        match = next(((other, identity) for other, seqs in zip(kept, kept_sequences)
+                      if (identity := max_chain_identity(sequences, seqs)) > threshold), None)
+        if match is None:
+            kept.append(job)
+            kept_sequences.append(sequences)
+        else:
+            dropped.append({"name": job.name, "status": "filtered", "cubes": 0, "shard": None,
+                            "split": "excluded", "reason": f"{match[1]:.0%} sequence identity "
+                            f"with {match[0].name}"})
+    return kept, dropped
+
+
+def _model_of(job) -> Path:
+    """The local model file of a job (fetching a PDB ID when needed)."""
+    if isinstance(job, _SimulationJob):
+        return job.model_path
+    return _sources(job)[1]
 
 
 def _run_jobs(jobs: list, output_dir: Path, options: PrepareOptions, workers: int):

@@ -109,3 +109,49 @@ def protein_filters(atoms: Atoms) -> dict[str, bool]:
         "has_side_chains": side_chain_fraction >= 0.5,
         "no_unknown_residues": "UNK" not in names,
     }
+
+
+ONE_LETTER = {"ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E",
+              "GLY": "G", "HIS": "H", "ILE": "I", "LEU": "L", "LYS": "K", "MET": "M", "PHE": "F",
+              "PRO": "P", "SER": "S", "THR": "T", "TRP": "W", "TYR": "Y", "VAL": "V", "MSE": "M"}
+
+
+def chain_sequences(atoms: Atoms) -> dict[str, str]:
+    """One-letter sequence of the standard amino acids of each chain, in file order."""
+    sequences: dict[str, list[str]] = {}
+    for chain, _, name in atoms.residues:
+        if name in ONE_LETTER:
+            sequences.setdefault(chain, []).append(ONE_LETTER[name])
+    return {chain: "".join(letters) for chain, letters in sequences.items()}
+
+
+def sequence_identity(first: str, second: str) -> float:
+    """Identity of the optimal global alignment (BLOSUM62, gaps -10/-1, free end gaps) over
+    the shorter sequence, computed with biotite.
+
+    Raises:
+        CryosamuError: biotite is not installed.
+    """
+    try:
+        import biotite.sequence as bseq
+        import biotite.sequence.align as balign
+    except ImportError as exc:
+        raise CryosamuError("sequence deduplication needs biotite: pip install "
+                            "'cryosamu[struct]'") from exc
+    if not first or not second:
+        return 0.0
+    matrix = balign.SubstitutionMatrix.std_protein_matrix()
+    alignment = balign.align_optimal(bseq.ProteinSequence(first), bseq.ProteinSequence(second),
+                                     matrix, gap_penalty=(-10, -1), terminal_penalty=False,
+                                     max_number=1)[0]
+    return float(balign.get_sequence_identity(alignment, mode="shortest"))
+
+
+def max_chain_identity(first: dict[str, str], second: dict[str, str]) -> float:
+    """The highest identity between any chain of one model and any chain of the other
+    (identical sequences are compared once)."""
+    best = 0.0
+    for a in set(first.values()):
+        for b in set(second.values()):
+            best = max(best, 1.0 if a == b else sequence_identity(a, b))
+    return best

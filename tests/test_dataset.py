@@ -286,3 +286,23 @@ def test_paper_tables_ship_with_the_package():
     first = pairs[0]
     assert (first.map_path.name, first.model_path.name, first.resolution_A) == (
         "EMD-21388", "6VU8", 4.14)
+
+
+def test_deduplication_keeps_one_model_per_protein(shared_data):
+    pytest.importorskip("biotite")
+    from cryosamu_cli.structure import sequence_identity
+
+    folder = shared_data / "pairs"
+    jobs = [Pair("vp6", folder / "emd-1461/emd_1461.mrc", folder / "emd-1461/rotavirus_vp6.pdb",
+                 3.8, "train"),
+            Pair("mito", folder / "emd-2566/2566_3J6B_9.mrc", folder / "emd-2566/3J6B_9.pdb",
+                 3.2, "train"),
+            Pair("vp6-again", folder / "emd-1461/rotavirus_vp6-96o.mrc",
+                 folder / "emd-1461/rotavirus_vp6_fitted.pdb", 3.8, "train")]
+    kept, dropped = dataset.deduplicate(jobs, 0.3)
+    assert [j.name for j in kept] == ["vp6", "mito"]
+    (entry,) = dropped
+    assert entry["name"] == "vp6-again" and entry["status"] == "filtered"
+    assert "sequence identity with vp6" in entry["reason"]
+    assert sequence_identity("ACDEFGHIKL", "ACDEFGHIKL") == 1.0
+    assert sequence_identity("ACDEFGHIKLMNPQ", "ACDWFGHIKLMNPQ") == pytest.approx(13 / 14)

@@ -45,6 +45,9 @@ def prepare_cmd(
         "--noise-reference", dir_okay=False, help="Real map whose noise spectrum the "
         "simulated maps follow.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulated degradations.")] = 0,
+    dedup_identity: Annotated[Optional[float], typer.Option(
+        "--dedup-identity", help="Keep one pair per group of models above this sequence "
+        "identity (the paper: 0.3); needs biotite.")] = None,
     esm_weights: Annotated[Optional[Path], typer.Option(
         "--esm-weights", dir_okay=False, help="Local ESM-IF1 checkpoint (default: fair-esm's "
         "download on first use).")] = None,
@@ -52,15 +55,24 @@ def prepare_cmd(
     """Map–model pairs → 1 Å grids, eq. 1 targets and 64³ cube shards (resumable)."""
     from cryosamu_cli import dataset
 
-    with user_errors():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("pairs"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console)
+    task = bar.add_task("pairs", total=None)
+
+    def finished(entry: dict) -> None:
+        bar.console.print(f"{entry['name']}: {entry['status']} {entry.get('reason', '')}")
+        bar.advance(task)
+
+    with user_errors(), bar:
         embedder = None if no_struct else _esm_embedder(esm_weights)
         options = dataset.PrepareOptions(min_resolution_A=min_res, max_resolution_A=max_res,
-                                         min_cc_mask=min_cc)
+                                         min_cc_mask=min_cc, dedup_identity=dedup_identity)
         manifest = dataset.prepare_data(
             pairs_csv=pairs_csv or pairs_option, output_dir=output_dir, options=options, workers=workers,
             role=role, simulate_from=simulate_from, noise_reference=noise_reference, seed=seed,
-            embedder=embedder, on_pair=lambda e: console.print(f"{e['name']}: {e['status']} "
-                                                       f"{e.get('reason', '')}"))
+            embedder=embedder, on_plan=lambda n: bar.update(task, total=n), on_pair=finished)
     table = Table("pair", "split", "status", "cubes", "CC_mask", "resolution", "reason")
     for e in manifest["pairs"]:
         table.add_row(e["name"], e["split"], e["status"], str(e["cubes"]),
