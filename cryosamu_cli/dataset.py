@@ -50,6 +50,7 @@ class PrepareOptions:
     min_cc_mask: float = 0.65
     val_fraction: float = 0.1
     dedup_identity: float | None = None
+    target_bfactors: bool = False
     cube_size: int = CUBE_SIZE
     padding: int = PADDING
 
@@ -60,7 +61,9 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
                  noise_reference: str | os.PathLike | None = None, seed: int = 0,
                  embedder: Callable[[Atoms], np.ndarray] | None = None,
                  on_plan: Callable[[int], None] | None = None,
-                 on_pair: Callable[[dict], None] | None = None) -> dict:
+                 on_pair: Callable[[dict], None] | None = None,
+                 download_progress: Callable[[str, int, int | None], None] | None = None,
+                 ) -> dict:
     """Turn every pair of ``pairs_csv`` (and every model of ``simulate_from``) into cube
     shards; resumable.
 
@@ -84,6 +87,8 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
             for every pair that is ``ok``. None: no embeddings (``--no-struct``).
         on_plan: Called with the number of pairs to prepare (after resuming and dedup).
         on_pair: Called with each finished pair's manifest entry.
+        download_progress: ``(label, bytes_done, bytes_total)`` for EMDB/PDB downloads (with
+            ``workers == 1``; worker processes download silently).
 
     Returns:
         The manifest.
@@ -103,13 +108,15 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
         manifest["pairs"] += duplicates
     if on_plan is not None:
         on_plan(len(todo))
-    for entry in _run_jobs(todo, output_dir, options, workers):
+    for entry in _run_jobs(todo, output_dir, options, workers, download_progress):
         if embedder is not None and entry["status"] == "ok":
             entry["embedding"] = _write_embedding(output_dir, entry, embedder)
         manifest["pairs"].append(entry)
         _save_manifest(output_dir, manifest)
         if on_pair is not None:
             on_pair(entry)
+    order = {job.name: i for i, job in enumerate(jobs)}
+    manifest["pairs"].sort(key=lambda e: order.get(e["name"], len(order)))
     _save_manifest(output_dir, manifest)
     return manifest
 
@@ -185,11 +192,12 @@ def _model_of(job) -> Path:
     return _sources(job)[1]
 
 
-def _run_jobs(jobs: list, output_dir: Path, options: PrepareOptions, workers: int):
+def _run_jobs(jobs: list, output_dir: Path, options: PrepareOptions, workers: int,
+              download_progress=None):
     """Yield each job's manifest entry, in parallel processes when ``workers > 1``."""
     if workers <= 1:
         for job in jobs:
-            yield _prepare_job(job, output_dir, options)
+            yield _prepare_job(job, output_dir, options, download_progress)
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -199,11 +207,12 @@ def _run_jobs(jobs: list, output_dir: Path, options: PrepareOptions, workers: in
             yield future.result()
 
 
-def _prepare_job(job, output_dir: Path, options: PrepareOptions) -> dict:
+def _prepare_job(job, output_dir: Path, options: PrepareOptions,
+                 download_progress=None) -> dict:
     """Dispatch a real pair or a simulation job."""
     if isinstance(job, _SimulationJob):
         return prepare_simulated(job, output_dir, options)
-    return prepare_pair(job, output_dir, options)
+    return prepare_pair(job, output_dir, options, download_progress)
 
 
 def prepare_simulated(job: _SimulationJob, output_dir: Path, options: PrepareOptions) -> dict:
@@ -248,7 +257,8 @@ def _store(raw: np.ndarray, target: np.ndarray, grid_info: mapio.GridInfo, name:
             "counts": {"grid_1A_zyx": list(source.shape), "cubes_kept": int(len(cubes))}}
 
 
-def prepare_pair(pair: Pair, output_dir: Path, options: PrepareOptions) -> dict:
+def prepare_pair(pair: Pair, output_dir: Path, options: PrepareOptions,
+                 download_progress=None) -> dict:
     """One pair → its shard and manifest entry (status ``ok``, ``filtered`` or ``failed``)."""
     entry = {"name": pair.name, "split": split_of(pair, options.val_fraction),
              "source": {"map": str(pair.map_path), "model": str(pair.model_path)},
@@ -256,19 +266,20 @@ def prepare_pair(pair: Pair, output_dir: Path, options: PrepareOptions) -> dict:
              "resolution_A": pair.resolution_A, "cubes": 0, "shard": None}
     started = time.perf_counter()
     try:
-        entry.update(_prepare(pair, output_dir, options, entry["split"]))
+        entry.update(_prepare(pair, output_dir, options, entry["split"], download_progress))
     except CryosamuError as exc:
         entry.update(status="failed", reason=str(exc))
     entry["seconds"] = round(time.perf_counter() - started, 2)
     return entry
 
 
-def _prepare(pair: Pair, output_dir: Path, options: PrepareOptions, split: str) -> dict:
+def _prepare(pair: Pair, output_dir: Path, options: PrepareOptions, split: str,
+             download_progress=None) -> dict:
     """The named steps of one pair; returns the entry fields it adds."""
     if split == "excluded":
         return {"status": "filtered", "reason": f"role '{pair.split}' is not for training"}
     resolution = _checked_resolution(pair, options)
-    map_path, model_path = _sources(pair)
+    map_path, model_path = _sources(pair, download_progress)
     data, grid_info = mapio.read_map(map_path)
     atoms = _heavy_atoms(read_atoms(model_path))
     filters = protein_filters(atoms)
@@ -282,18 +293,24 @@ def _prepare(pair: Pair, output_dir: Path, options: PrepareOptions, split: str) 
     if cc < options.min_cc_mask:
         return {**info, "status": "filtered",
                 "reason": f"map-model CC_mask {cc:.3f} below {options.min_cc_mask}"}
-    raw, target = map_and_target_on_1A(data, grid_info, atoms)
+    raw, target = map_and_target_on_1A(data, grid_info, atoms, options.target_bfactors)
     stored = _store(raw, target, grid_info, pair.name, output_dir, options)
     return {**info, **stored, "grid": _grid_summary(grid_info)}
 
 
-def _sources(pair: Pair) -> tuple[Path, Path]:
+def _sources(pair: Pair, download_progress=None) -> tuple[Path, Path]:
     """Local map and model files: paths as given, or EMDB/PDB IDs fetched into the cache."""
     from cryosamu_cli import download
     from cryosamu_cli.weights import cache_dir
 
-    return (download.resolve_map(pair.map_path, cache_dir()),
-            download.resolve_model(pair.model_path, cache_dir()))
+    def progress_of(label: str):
+        if download_progress is None:
+            return None
+        return lambda done, total: download_progress(label, done, total)
+
+    return (download.resolve_map(pair.map_path, cache_dir(), progress_of(pair.map_path.name)),
+            download.resolve_model(pair.model_path, cache_dir(),
+                                   progress_of(pair.model_path.name)))
 
 
 def split_of(pair: Pair, val_fraction: float) -> str:
@@ -337,13 +354,15 @@ def _check_overlap(atoms: Atoms, grid_info: mapio.GridInfo, minimum: float = 0.5
         raise CryosamuError(f"map and model do not overlap ({inside:.0%} of atoms in the box)")
 
 
-def map_and_target_on_1A(data: np.ndarray, grid_info: mapio.GridInfo,
-                         atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
-    """The map resampled to 1 Å and the eq. 1 target on the same grid (both raw)."""
+def map_and_target_on_1A(data: np.ndarray, grid_info: mapio.GridInfo, atoms: Atoms,
+                         with_bfactors: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The map resampled to 1 Å and the eq. 1 target on the same grid (both raw); with
+    ``with_bfactors`` each atom's Gaussian is widened by its model B-factor."""
     on_1A = grid.resample_to_spacing(data, grid_info.voxel_size_zyx)
     target = simulate.simulate_density(atoms.xyz, atoms.atomic_number, on_1A.shape,
                                        (1.0, 1.0, 1.0), metrics.grid_origin_xyz(grid_info),
-                                       TARGET_RESOLUTION_A)
+                                       TARGET_RESOLUTION_A,
+                                       extra_b=atoms.b_iso if with_bfactors else None)
     return on_1A, target
 
 
@@ -416,7 +435,8 @@ def _load_manifest(output_dir: Path, options: PrepareOptions) -> dict:
             "normalisation": {"percentile": grid.NORMALISATION_PERCENTILE, "clip": [0, 1]},
             "target": {"equation": 1, "resolution_A": TARGET_RESOLUTION_A,
                        "sigma_per_resolution": simulate.SIGMA_PER_RESOLUTION, "theta": 1.0,
-                       "atoms": "heavy atoms, weight Z"},
+                       "atoms": "heavy atoms, weight Z",
+                       "model_bfactors": options.target_bfactors},
             "options": options.__dict__, "pairs": []}
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cryosamu_cli.cli.common import console, epilog, user_errors
@@ -48,6 +49,9 @@ def prepare_cmd(
     dedup_identity: Annotated[Optional[float], typer.Option(
         "--dedup-identity", help="Keep one pair per group of models above this sequence "
         "identity (the paper: 0.3); needs biotite.")] = None,
+    target_bfactors: Annotated[bool, typer.Option(
+        "--target-bfactors", help="Widen each atom of the eq. 1 target by its model "
+        "B-factor (the paper's eq. 1 does not).")] = False,
     esm_weights: Annotated[Optional[Path], typer.Option(
         "--esm-weights", dir_okay=False, help="Local ESM-IF1 checkpoint (default: fair-esm's "
         "download on first use).")] = None,
@@ -55,11 +59,16 @@ def prepare_cmd(
     """Map–model pairs → 1 Å grids, eq. 1 targets and 64³ cube shards (resumable)."""
     from cryosamu_cli import dataset
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("pairs"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=console)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=console)
     task = bar.add_task("pairs", total=None)
+
+    downloads: dict[str, int] = {}
+
+    def downloading(label: str, done: int, total: int | None) -> None:
+        if label not in downloads:
+            downloads[label] = bar.add_task(f"download {label}", total=total)
+        bar.update(downloads[label], completed=done)
 
     def finished(entry: dict) -> None:
         bar.console.print(f"{entry['name']}: {entry['status']} {entry.get('reason', '')}")
@@ -68,11 +77,13 @@ def prepare_cmd(
     with user_errors(), bar:
         embedder = None if no_struct else _esm_embedder(esm_weights)
         options = dataset.PrepareOptions(min_resolution_A=min_res, max_resolution_A=max_res,
-                                         min_cc_mask=min_cc, dedup_identity=dedup_identity)
+                                         min_cc_mask=min_cc, dedup_identity=dedup_identity,
+                                         target_bfactors=target_bfactors)
         manifest = dataset.prepare_data(
-            pairs_csv=pairs_csv or pairs_option, output_dir=output_dir, options=options, workers=workers,
-            role=role, simulate_from=simulate_from, noise_reference=noise_reference, seed=seed,
-            embedder=embedder, on_plan=lambda n: bar.update(task, total=n), on_pair=finished)
+            pairs_csv=pairs_csv or pairs_option, output_dir=output_dir, options=options,
+            workers=workers, role=role, simulate_from=simulate_from, noise_reference=noise_reference, seed=seed,
+            embedder=embedder, on_plan=lambda n: bar.update(task, total=n), on_pair=finished,
+            download_progress=downloading)
     table = Table("pair", "split", "status", "cubes", "CC_mask", "resolution", "reason")
     for e in manifest["pairs"]:
         table.add_row(e["name"], e["split"], e["status"], str(e["cubes"]),
