@@ -74,6 +74,9 @@ def test_output_choice_is_checked(tmp_path, maps, tiny_checkpoint):
     assert none.exit_code == 1 and "either -o" in none.stderr
     nomatch = runner.invoke(app, ["enhance", str(maps / "*.xyz"), "--output-dir", str(tmp_path)])
     assert nomatch.exit_code == 1 and "no file matches" in nomatch.stderr
+    halves = runner.invoke(app, ["enhance", str(maps / "good0.mrc"), str(maps / "good1.mrc"),
+                                 "--half2", str(maps / "good1.mrc"), "--output-dir", str(tmp_path)])
+    assert halves.exit_code == 1 and "--half2" in halves.stderr
 
 
 def test_half_map_fsc_matches_the_analytic_expectation():

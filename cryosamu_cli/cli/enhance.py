@@ -74,6 +74,8 @@ def enhance_cmd(
             raise ConfigError("give either -o OUTPUT (one map) or --output-dir DIR")
         if output_path is not None and len(paths) != 1:
             raise ConfigError(f"-o takes one INPUT but {len(paths)} were given; use --output-dir")
+        if half2 is not None and len(paths) != 1:
+            raise ConfigError("--half2 pairs with exactly one INPUT (half map 1)")
         if output_path is not None:
             result = enhance_lib.enhance_map(
                 input_path=paths[0], output_path=output_path, force=force, **model_options,
