@@ -7,13 +7,14 @@ from typing import Annotated, Optional
 import typer
 
 from cryosamu_cli import __version__
-from cryosamu_cli.cli import benchmark, enhance, example, prepare, weights
+from cryosamu_cli.cli import benchmark, enhance, example, prepare, train, weights
 
 app = typer.Typer(name="cryosamu", no_args_is_help=True, rich_markup_mode="rich",
                   help="Enhance intermediate-resolution (4–8 Å) cryo-EM maps with CryoSAMU.")
 app.add_typer(enhance.app)
 app.add_typer(example.app)
 app.add_typer(prepare.app)
+app.add_typer(train.app)
 app.add_typer(weights.app, name="weights")
 app.add_typer(benchmark.app, name="benchmark")
 

@@ -1,0 +1,61 @@
+"""``cryosamu train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cryosamu_cli.cli.common import console, epilog, user_errors
+
+app = typer.Typer()
+
+EXAMPLE = """cryosamu train training_data -o runs/base32 --epochs 95 --batch-size 2
+
+torchrun --nproc-per-node 4 --nnodes 2 --rdzv-backend c10d --rdzv-endpoint host:29500 \\
+    $(which cryosamu) train training_data -o runs/ddp
+
+cryosamu train training_data -o runs/base32 --resume"""
+
+
+@app.command("train", epilog=epilog(EXAMPLE))
+def train_cmd(
+    data_dir: Annotated[Path, typer.Argument(file_okay=False, help="A prepare-data folder.")],
+    run_dir: Annotated[Path, typer.Option("--output", "-o", file_okay=False,
+                                          help="Folder for checkpoints and metrics.")],
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs (the paper: 95).")] = 95,
+    batch_size: Annotated[int, typer.Option(min=1, help="Cubes per step and process.")] = 2,
+    base_channels: Annotated[int, typer.Option(help="Channels of the first U-Net level.")] = 32,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    no_struct: Annotated[bool, typer.Option("--no-struct", help="Train without structure "
+                                            "embeddings (the ablation).")] = False,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    no_augment: Annotated[bool, typer.Option("--no-augment", help="No TorchIO "
+                                             "augmentation.")] = False,
+    max_steps: Annotated[Optional[int], typer.Option(help="Cap on steps per epoch "
+                                                     "(smoke tests).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT/last.pt.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of weights, shuffling and augmentation.")] = 0,
+) -> None:
+    """Train the U-Net on a prepare-data folder (one process, or many under torchrun)."""
+    from cryosamu_cli import train as train_lib
+
+    config = train_lib.TrainConfig(epochs=epochs, batch_size=batch_size,
+                                   learning_rate=learning_rate, seed=seed, no_struct=no_struct,
+                                   base_channels=base_channels, precision=precision,
+                                   augment=not no_augment, max_steps_per_epoch=max_steps)
+    with user_errors():
+        summary = train_lib.train(data_dir=data_dir, run_dir=run_dir, config=config,
+                                  resume=resume, on_epoch=_print_epoch)
+    if summary["rank"] != 0:
+        return
+    console.print(f"done: {summary['epochs']} epochs, {summary['steps']} steps, best "
+                  f"validation loss {summary['best_val_loss']:.4g}; checkpoints in {run_dir}")
+
+
+def _print_epoch(record: dict) -> None:
+    val = ("" if record["val_loss"] is None else
+           f", val loss {record['val_loss']:.4g}, val CC {record['val_cc']:.3f}")
+    console.print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4g}{val} "
+                  f"({record['seconds']:.0f} s)")

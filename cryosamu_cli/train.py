@@ -1,0 +1,331 @@
+"""``cryosamu train``: the recipe of §3.4 on PyTorch DDP.
+
+Smooth-L1 loss, AdamW (1e-4) with cosine annealing, gradient clipping at 0.5, mixed precision
+where the device runs it fast, TorchIO augmentation of the input only (noise, anisotropy, blur),
+structure embeddings as cross-attention keys/values in training and none in validation (as at
+inference). One process, or many launched by ``torchrun`` (gloo on CPU, NCCL on GPU): the
+distributed environment is read from torchrun's variables; rank 0 logs and checkpoints.
+
+A run folder holds ``last.pt`` (model, optimiser, scheduler, counters: for ``--resume``),
+``best.pt`` (format-1 checkpoint of the best validation loss, loadable by ``enhance``), each
+beside a ``.json`` with the configuration, version, time and command line, and
+``metrics.jsonl`` (one line per epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cryosamu_cli import __version__
+from cryosamu_cli.atomic import atomic_target, write_text_atomic
+from cryosamu_cli.dataset import CubePairDataset
+from cryosamu_cli.errors import ConfigError
+from cryosamu_cli.model.config import UNetConfig
+from cryosamu_cli.model.unet import UNet3D
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (saved beside every checkpoint)."""
+
+    epochs: int = 95
+    batch_size: int = 2
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 0.5
+    seed: int = 0
+    no_struct: bool = False
+    base_channels: int = 32
+    precision: str = "auto"
+    augment: bool = True
+    max_steps_per_epoch: int | None = None
+
+    def model_config(self) -> UNetConfig:
+        """The network this run trains."""
+        return UNetConfig(base_channels=self.base_channels)
+
+
+@dataclass
+class Progress:
+    """Counters that ``--resume`` restores."""
+
+    epoch: int = 0
+    step: int = 0
+    best_val_loss: float = math.inf
+
+
+def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
+          config: TrainConfig = TrainConfig(), resume: bool = False,
+          model_config: UNetConfig | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train on a ``prepare-data`` folder; returns the summary (also on non-zero ranks).
+
+    Raises:
+        ConfigError: No training cubes, or nothing to resume from.
+    """
+    run_dir = Path(run_dir)
+    rank, world, device = _setup_distributed()
+    try:
+        torch.manual_seed(config.seed)
+        train_set = CubePairDataset(data_dir, "train", with_struct=not config.no_struct)
+        val_set = CubePairDataset(data_dir, "val")
+        if len(train_set) == 0:
+            raise ConfigError(f"{data_dir} has no training cubes")
+        model_config = model_config or config.model_config()
+        model = UNet3D.from_config(model_config).to(device)
+        ddp_model = _wrap(model, world, device, config)
+        loader = _loader(train_set, config, rank, world)
+        steps = config.epochs * _steps_per_epoch(loader, config)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                      weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1))
+        precision = resolve_precision(config.precision, device)
+        progress = Progress()
+        if rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            progress = _restore(run_dir / "last.pt", model, optimiser, scheduler, device)
+        summary = _epochs(ddp_model, model, loader, val_set, optimiser, scheduler, progress,
+                          config, precision, device, rank, run_dir, on_epoch)
+        summary["final_weight_checksums"] = _gather(_checksum(model), world)
+        summary["rank"] = rank
+        if rank == 0:
+            write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+        return summary
+    finally:
+        _teardown(world)
+
+
+def _setup_distributed() -> tuple[int, int, torch.device]:
+    """Rank, world size and device from torchrun's environment (one process without it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    return rank, world, device
+
+
+def _teardown(world: int) -> None:
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _wrap(model: nn.Module, world: int, device: torch.device, config: TrainConfig) -> nn.Module:
+    """DDP around the model when several processes run; without embeddings the
+    cross-attention takes no part in the loss, so DDP must allow unused parameters."""
+    if world == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=config.no_struct)
+
+
+def _loader(dataset: CubePairDataset, config: TrainConfig, rank: int, world: int):
+    """Shuffled batches; each rank sees its own shard of the data (DistributedSampler)."""
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = (DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                  seed=config.seed) if world > 1
+               else RandomSampler(dataset, generator=generator))
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=False)
+
+
+def _steps_per_epoch(loader, config: TrainConfig) -> int:
+    steps = len(loader)
+    return min(steps, config.max_steps_per_epoch) if config.max_steps_per_epoch else steps
+
+
+def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: ``fp32`` → None; ``bf16``/``fp16`` as asked; ``auto`` → fp16 on
+    CUDA, bf16 on a CPU where a bf16 convolution is measured faster than fp32, else None."""
+    if choice not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"unknown precision '{choice}': use auto, fp32, bf16 or fp16")
+    if choice == "fp32":
+        return None
+    if choice != "auto":
+        return torch.bfloat16 if choice == "bf16" else torch.float16
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if bf16_is_faster_on_cpu() else None
+
+
+def bf16_is_faster_on_cpu() -> bool:
+    """Time one small 3D convolution in fp32 and bf16 (some CPUs run bf16 convolutions
+    hundreds of times slower than fp32)."""
+    conv = nn.Conv3d(8, 8, 3, padding=1)
+    x = torch.rand(1, 8, 16, 16, 16)
+    timings = []
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            layer, data = conv.to(dtype), x.to(dtype)
+            layer(data)
+            started = time.perf_counter()
+            layer(data)
+            timings.append(time.perf_counter() - started)
+    return timings[1] < timings[0]
+
+
+def _augmenter(config: TrainConfig):
+    """TorchIO noise, anisotropy and blur for the input cubes (None without ``augment``)."""
+    if not config.augment:
+        return None
+    import torchio as tio
+
+    return tio.Compose([tio.RandomNoise(std=(0.0, 0.05), p=0.5),
+                        tio.RandomAnisotropy(downsampling=(1.5, 3.0), p=0.3),
+                        tio.RandomBlur(std=(0.0, 1.0), p=0.5)])
+
+
+def _augment(inputs: torch.Tensor, augmenter) -> torch.Tensor:
+    """Apply the augmentation to each input cube of a batch (targets stay untouched)."""
+    if augmenter is None:
+        return inputs
+    import torchio as tio
+
+    return torch.stack([augmenter(tio.ScalarImage(tensor=cube)).data for cube in inputs])
+
+
+def train_step(model: nn.Module, batch, optimiser, scheduler, config: TrainConfig,
+               precision: torch.dtype | None, device: torch.device, augmenter=None,
+               scaler: torch.amp.GradScaler | None = None) -> float:
+    """One optimisation step on a batch ``(input, target[, embedding])``; returns the loss.
+    ``scaler`` (fp16) scales the loss against underflow."""
+    model.train()
+    inputs, targets = batch[0], batch[1].to(device)
+    struct = batch[2].to(device) if len(batch) > 2 and not config.no_struct else None
+    inputs = _augment(inputs, augmenter).to(device)
+    with torch.autocast(device.type, dtype=precision or torch.float32,
+                        enabled=precision is not None):
+        loss = nn.functional.smooth_l1_loss(model(inputs, struct).float(), targets)
+    optimiser.zero_grad(set_to_none=True)
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimiser)
+    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(optimiser)
+    scaler.update()
+    scheduler.step()
+    return float(loss.detach())
+
+
+def _epochs(ddp_model, model, loader, val_set, optimiser, scheduler, progress: Progress,
+            config: TrainConfig, precision, device, rank: int, run_dir: Path, on_epoch) -> dict:
+    """The epoch loop: train, validate, log and checkpoint (rank 0)."""
+    augmenter = _augmenter(config)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+    history = []
+    while progress.epoch < config.epochs:
+        started = time.perf_counter()
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(progress.epoch)
+        losses = []
+        for batch in loader:
+            if config.max_steps_per_epoch and len(losses) >= config.max_steps_per_epoch:
+                break
+            losses.append(train_step(ddp_model, batch, optimiser, scheduler, config, precision,
+                                     device, augmenter, scaler))
+            progress.step += 1
+        progress.epoch += 1
+        record = {"epoch": progress.epoch, "step": progress.step,
+                  "train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
+                  "seconds": round(time.perf_counter() - started, 2),
+                  **validate(model, val_set, device, config.batch_size)}
+        if rank == 0:
+            _log_and_save(record, model, optimiser, scheduler, progress, config, run_dir)
+            if on_epoch is not None:
+                on_epoch(record)
+        history.append(record)
+    return {"epochs": progress.epoch, "steps": progress.step,
+            "best_val_loss": progress.best_val_loss, "history": history}
+
+
+@torch.inference_mode()
+def validate(model: nn.Module, val_set: CubePairDataset, device: torch.device,
+             batch_size: int) -> dict:
+    """Validation loss and mean map correlation, without embeddings (as at inference)."""
+    if len(val_set) == 0:
+        return {"val_loss": None, "val_cc": None}
+    model.eval()
+    losses, correlations = [], []
+    for start in range(0, len(val_set), batch_size):
+        items = [val_set[i] for i in range(start, min(start + batch_size, len(val_set)))]
+        inputs = torch.stack([i[0] for i in items]).to(device)
+        targets = torch.stack([i[1] for i in items]).to(device)
+        outputs = model(inputs).float()
+        losses.append(float(nn.functional.smooth_l1_loss(outputs, targets)) * len(items))
+        correlations += [float(torch.corrcoef(torch.stack([o.flatten(), t.flatten()]))[0, 1])
+                         for o, t in zip(outputs, targets)]
+    return {"val_loss": sum(losses) / len(val_set), "val_cc": float(np.nanmean(correlations))}
+
+
+def _log_and_save(record: dict, model, optimiser, scheduler, progress: Progress,
+                  config: TrainConfig, run_dir: Path) -> None:
+    """Append the metrics line, save ``last.pt`` and, when validation improved, ``best.pt``."""
+    with open(run_dir / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    improved = record["val_loss"] is not None and record["val_loss"] < progress.best_val_loss
+    if improved or record["val_loss"] is None:
+        progress.best_val_loss = record["val_loss"] if improved else progress.best_val_loss
+        _save(run_dir / "best.pt", model, config, {"epoch": progress.epoch,
+                                                   "val_loss": record["val_loss"]})
+    _save(run_dir / "last.pt", model, config, {
+        "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+        "progress": asdict(progress)})
+
+
+def _save(path: Path, model: nn.Module, config: TrainConfig, extra: dict) -> None:
+    """A format-1 checkpoint plus the run's configuration beside it (JSON)."""
+    payload = {"format": 1, "config": model.config.to_dict(), "state_dict": model.state_dict(),
+               "train_config": asdict(config), **extra}
+    with atomic_target(path) as tmp:
+        torch.save(payload, tmp)
+    description = {"version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   "command": " ".join(sys.argv), "model": model.config.to_dict(),
+                   "train": asdict(config)}
+    write_text_atomic(path.with_suffix(".json"), json.dumps(description, indent=1) + "\n")
+
+
+def _restore(path: Path, model, optimiser, scheduler, device) -> Progress:
+    """Load ``last.pt`` into the model, optimiser and scheduler; return its counters."""
+    if not path.is_file():
+        raise ConfigError(f"nothing to resume: {path} does not exist")
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    optimiser.load_state_dict(state["optimiser"])
+    scheduler.load_state_dict(state["scheduler"])
+    return Progress(**state["progress"])
+
+
+def _checksum(model: nn.Module) -> str:
+    """SHA-256 of all parameters, to check that every rank holds the same weights."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _gather(value: str, world: int) -> list[str]:
+    """Every rank's ``value`` (one process: just this one)."""
+    if world == 1:
+        return [value]
+    values = [None] * world
+    torch.distributed.all_gather_object(values, value)
+    return values
