@@ -200,8 +200,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                                               progress=progress, on_estimate=on_estimate)
     clock.lap("tiles")
     enhanced = _back_to_grid(enhanced_1A, grid)
-    enhanced = _blend_with_input(enhanced, grid_ops.normalise(data, norm), strength, mask,
-                                 mask_mode)
+    enhanced = _blend_with_input(enhanced, data, norm, strength, mask, mask_mode)
     clock.lap("resample")
     note = f"enhanced, scale 1 = {norm.scale:.4g} input units"
     mapio.write_map(outputs["map"], enhanced, grid, force=force, note=note)
@@ -293,9 +292,13 @@ def _back_to_grid(volume_1A: np.ndarray, grid: mapio.GridInfo) -> np.ndarray:
                                      grid.voxel_size_zyx)
 
 
-def _blend_with_input(enhanced: np.ndarray, normalised_input: np.ndarray, strength: float,
-                      mask: np.ndarray | None, mask_mode: str) -> np.ndarray:
-    """Apply ``--strength``, then the mask: where the input is kept, it is kept exactly."""
+def _blend_with_input(enhanced: np.ndarray, data: np.ndarray, norm: grid_ops.Normalisation,
+                      strength: float, mask: np.ndarray | None, mask_mode: str) -> np.ndarray:
+    """Apply ``--strength``, then the mask: where the input is kept, it is kept exactly (on the
+    normalised scale, computed only when needed)."""
+    if strength >= 1.0 and mask is None:
+        return enhanced
+    normalised_input = grid_ops.normalise(data, norm)
     if strength < 1.0:
         enhanced = grid_ops.blend(enhanced, normalised_input, strength)
     if mask is None:
