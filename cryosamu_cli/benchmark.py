@@ -75,7 +75,7 @@ def synthetic_map(edge: int, seed: int = 0) -> tuple[np.ndarray, mapio.GridInfo]
 def time_enhance(*, map_paths: Sequence[str | os.PathLike] = (), sizes: Sequence[int] = (),
                  weights: str | os.PathLike | None = None, device: str = "auto",
                  batch_size: int = 2, threads: int | None = None, repeats: int = 3,
-                 warmup: int = 1,
+                 warmup: int = 1, precision: str = "auto",
                  on_run: Callable[[str, int, int], None] | None = None) -> list[TimingRecord]:
     """Time ``enhance_map`` on real maps and/or synthetic ``sizes``³ maps.
 
@@ -89,7 +89,7 @@ def time_enhance(*, map_paths: Sequence[str | os.PathLike] = (), sizes: Sequence
     if repeats < 1 or warmup < 0:
         raise ConfigError("--repeats must be at least 1 and --warmup at least 0")
     enhancer = enhance.load_enhancer(weights=weights, device=device, batch_size=batch_size,
-                                     threads=threads)
+                                     threads=threads, precision=precision)
     gflop = flops_per_cube(enhancer.model, enhancer.cube_size, enhancer.device) / 1e9
     with tempfile.TemporaryDirectory(prefix="cryosamu-bench-") as tmp:
         inputs = list(map(Path, map_paths)) + [_write_synthetic(Path(tmp), e) for e in sizes]
@@ -127,7 +127,7 @@ def _time_one(path: Path, tmp: Path, enhancer: enhance.Enhancer, gflop: float, r
            if enhancer.device.type == "cuda" else None)
     return TimingRecord(
         path.name, grid_info.shape_zyx, voxels, float(voxels * np.prod(grid_info.voxel_size_A)),
-        str(enhancer.device), enhancer.batch_size, "fp32", repeats, first.cubes_total,
+        str(enhancer.device), enhancer.batch_size, enhancer.precision_name, repeats, first.cubes_total,
         first.cubes_run, first.cubes_skipped, statistics.median(seconds), min(seconds),
         max(seconds), stages, network / max(first.cubes_run, 1),
         voxels / statistics.median(seconds), gflop,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
 
 import torch
+from torch import nn
 
-from cryosamu_cli.errors import DeviceError
+from cryosamu_cli.errors import ConfigError, DeviceError
 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
@@ -34,3 +36,33 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise DeviceError(f"device '{device}' requested but only {torch.cuda.device_count()} "
                           "CUDA device(s) exist")
     return torch.device(f"cuda:{index}")
+
+
+def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: ``fp32`` → None; ``bf16``/``fp16`` as asked; ``auto`` → fp16 on
+    CUDA, bf16 on a CPU where a bf16 convolution is measured faster than fp32, else None."""
+    if choice not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"unknown precision '{choice}': use auto, fp32, bf16 or fp16")
+    if choice == "fp32":
+        return None
+    if choice != "auto":
+        return torch.bfloat16 if choice == "bf16" else torch.float16
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if bf16_is_faster_on_cpu() else None
+
+
+def bf16_is_faster_on_cpu() -> bool:
+    """Time one small 3D convolution in fp32 and bf16 (some CPUs run bf16 convolutions
+    hundreds of times slower than fp32)."""
+    conv = nn.Conv3d(8, 8, 3, padding=1)
+    x = torch.rand(1, 8, 16, 16, 16)
+    timings = []
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            layer, data = conv.to(dtype), x.to(dtype)
+            layer(data)
+            started = time.perf_counter()
+            layer(data)
+            timings.append(time.perf_counter() - started)
+    return timings[1] < timings[0]

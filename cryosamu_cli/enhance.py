@@ -25,7 +25,7 @@ from scipy import ndimage
 from cryosamu_cli import grid as grid_ops
 from cryosamu_cli import mapio, metrics, tiling
 from cryosamu_cli.atomic import write_text_atomic
-from cryosamu_cli.device import resolve_device
+from cryosamu_cli.device import resolve_device, resolve_precision
 from cryosamu_cli.errors import ConfigError, CryosamuError, OutputError
 from cryosamu_cli.weights import DownloadProgress, load_model, resolve_weights
 
@@ -83,6 +83,7 @@ class Enhancer:
         core_size: Edge of the kept cores.
         skip_threshold: Cubes whose normalised input never exceeds this are not run.
         confidence_passes: Monte-Carlo dropout passes per cube (0: one deterministic pass).
+        precision: Autocast dtype of the network (None: fp32).
     """
 
     model: torch.nn.Module
@@ -93,6 +94,7 @@ class Enhancer:
     core_size: int = 50
     skip_threshold: float = DEFAULT_SKIP_THRESHOLD
     confidence_passes: int = 0
+    precision: torch.dtype | None = None
     _predict: tiling.Predictor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -103,7 +105,13 @@ class Enhancer:
                               "for this model")
         if self.confidence_passes < 0 or self.confidence_passes == 1:
             raise ConfigError("--confidence needs at least 2 passes (or 0 for none)")
-        self._predict = _predictor(self.model, self.device, self.confidence_passes)
+        self._predict = _predictor(self.model, self.device, self.confidence_passes,
+                                   self.precision)
+
+    @property
+    def precision_name(self) -> str:
+        """``fp32``, ``bf16`` or ``fp16``."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.precision]
 
     def run(self, volume: np.ndarray, *, run_mask: np.ndarray | None = None,
             progress: tiling.ProgressCallback | None = None,
@@ -122,7 +130,7 @@ class Enhancer:
 def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "auto",
                   batch_size: int = 2, cube_size: int = 64, core_size: int = 50,
                   threads: int | None = None, confidence: int = 0,
-                  skip_threshold: float = DEFAULT_SKIP_THRESHOLD,
+                  skip_threshold: float = DEFAULT_SKIP_THRESHOLD, precision: str = "auto",
                   download_progress: DownloadProgress | None = None) -> Enhancer:
     """Resolve the device and weights and load the network once.
 
@@ -133,12 +141,13 @@ def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "au
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     torch_device = resolve_device(device)
+    dtype = resolve_precision(precision, torch_device)
     _set_threads(threads)
     weights_path = resolve_weights(weights, progress=download_progress)
     # channels-last 3D: about 6 % faster convolutions on CPU (oneDNN), same results
     model = load_model(weights_path).to(torch_device, memory_format=torch.channels_last_3d)
     return Enhancer(model, torch_device, weights_path, batch_size, cube_size, core_size,
-                    skip_threshold, confidence)
+                    skip_threshold, confidence, dtype)
 
 
 def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike,
@@ -148,7 +157,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                 half2_path: str | os.PathLike | None = None,
                 mask_path: str | os.PathLike | None = None, mask_mode: str = "keep-inside",
                 strength: float = 1.0, confidence: int = 0,
-                skip_threshold: float = DEFAULT_SKIP_THRESHOLD,
+                skip_threshold: float = DEFAULT_SKIP_THRESHOLD, precision: str = "auto",
                 progress: tiling.ProgressCallback | None = None,
                 on_estimate: tiling.EstimateCallback | None = None,
                 download_progress: DownloadProgress | None = None,
@@ -172,6 +181,8 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
         strength: 1 = fully enhanced, 0 = the normalised input, between: a linear blend.
         confidence: Monte-Carlo dropout passes (≥ 2); writes ``<output>_std.mrc``.
         skip_threshold: Cubes whose normalised input never exceeds this are not run.
+        precision: ``auto`` (fp16 on CUDA, bf16 on a CPU that runs it faster, else fp32),
+            ``fp32``, ``bf16`` or ``fp16``.
         progress: ``progress(cubes_done, cubes_to_run)`` callback.
         on_estimate: ``on_estimate(cubes_to_run, seconds_per_cube)`` after the first cube.
         download_progress: Callback for a first-use weights download.
@@ -189,7 +200,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
     enhancer = enhancer or load_enhancer(
         weights=weights, device=device, batch_size=batch_size, cube_size=cube_size,
         core_size=core_size, threads=threads, confidence=confidence,
-        skip_threshold=skip_threshold, download_progress=download_progress)
+        skip_threshold=skip_threshold, precision=precision, download_progress=download_progress)
     clock.lap("load")
     on_1A = grid_ops.resample_to_spacing(data, grid.voxel_size_zyx)
     norm = grid_ops.normalisation_of(on_1A)
@@ -332,7 +343,8 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def _predictor(model: torch.nn.Module, device: torch.device, passes: int) -> tiling.Predictor:
+def _predictor(model: torch.nn.Module, device: torch.device, passes: int,
+               precision: torch.dtype | None = None) -> tiling.Predictor:
     """Wrap the network as a numpy function: ``(B, n, n, n)`` → ``(B, n, n, n)``, or
     ``(B, 2, n, n, n)`` (mean, standard deviation) over ``passes`` Monte-Carlo dropout passes."""
     model.eval()
@@ -341,13 +353,18 @@ def _predictor(model: torch.nn.Module, device: torch.device, passes: int) -> til
             if isinstance(module, torch.nn.Dropout):
                 module.train()
 
+    def run(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=precision or torch.float32,
+                            enabled=precision is not None):
+            return model(inputs).float()
+
     @torch.inference_mode()
     def predict(batch: np.ndarray) -> np.ndarray:
         inputs = torch.from_numpy(batch).unsqueeze(1).to(
             device, memory_format=torch.channels_last_3d)
         if not passes:
-            return model(inputs).squeeze(1).float().cpu().numpy()
-        samples = torch.stack([model(inputs).float() for _ in range(passes)])
+            return run(inputs).squeeze(1).cpu().numpy()
+        samples = torch.stack([run(inputs) for _ in range(passes)])
         mean, std = samples.mean(dim=0), samples.std(dim=0, correction=0)
         return torch.cat([mean, std], dim=1).cpu().numpy()
 
@@ -374,7 +391,7 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
                  skip_existing: bool = False, force: bool = False,
                  weights: str | os.PathLike | None = None, device: str = "auto",
                  batch_size: int = 2, cube_size: int = 64, core_size: int = 50,
-                 threads: int | None = None, confidence: int = 0,
+                 threads: int | None = None, confidence: int = 0, precision: str = "auto",
                  on_map_start: Callable[[Path, int, int], None] | None = None,
                  **map_options: object) -> list[MapOutcome]:
     """Enhance many maps into ``output_dir`` with one loaded model.
@@ -407,7 +424,7 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
             on_map_start(input_path, index, len(input_paths))
         enhancer = enhancer or load_enhancer(
             weights=weights, device=device, batch_size=batch_size, cube_size=cube_size,
-            core_size=core_size, threads=threads, confidence=confidence)
+            core_size=core_size, threads=threads, confidence=confidence, precision=precision)
         try:
             result = enhance_map(input_path=input_path, output_path=target,
                                  force=force and not skip_existing, confidence=confidence,

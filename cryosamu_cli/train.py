@@ -31,6 +31,7 @@ from torch import nn
 from cryosamu_cli import __version__
 from cryosamu_cli.atomic import atomic_target, write_text_atomic
 from cryosamu_cli.dataset import CubePairDataset
+from cryosamu_cli.device import resolve_precision
 from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.model.config import UNetConfig
 from cryosamu_cli.model.unet import UNet3D
@@ -151,36 +152,6 @@ def _loader(dataset: CubePairDataset, config: TrainConfig, rank: int, world: int
 def _steps_per_epoch(loader, config: TrainConfig) -> int:
     steps = len(loader)
     return min(steps, config.max_steps_per_epoch) if config.max_steps_per_epoch else steps
-
-
-def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: ``fp32`` → None; ``bf16``/``fp16`` as asked; ``auto`` → fp16 on
-    CUDA, bf16 on a CPU where a bf16 convolution is measured faster than fp32, else None."""
-    if choice not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"unknown precision '{choice}': use auto, fp32, bf16 or fp16")
-    if choice == "fp32":
-        return None
-    if choice != "auto":
-        return torch.bfloat16 if choice == "bf16" else torch.float16
-    if device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16 if bf16_is_faster_on_cpu() else None
-
-
-def bf16_is_faster_on_cpu() -> bool:
-    """Time one small 3D convolution in fp32 and bf16 (some CPUs run bf16 convolutions
-    hundreds of times slower than fp32)."""
-    conv = nn.Conv3d(8, 8, 3, padding=1)
-    x = torch.rand(1, 8, 16, 16, 16)
-    timings = []
-    with torch.inference_mode():
-        for dtype in (torch.float32, torch.bfloat16):
-            layer, data = conv.to(dtype), x.to(dtype)
-            layer(data)
-            started = time.perf_counter()
-            layer(data)
-            timings.append(time.perf_counter() - started)
-    return timings[1] < timings[0]
 
 
 def _augmenter(config: TrainConfig):

@@ -29,7 +29,7 @@ def _assert_png(path):
 def test_timing_report_has_every_field(tmp_path, tiny_checkpoint):
     out = tmp_path / "timing.json"
     result = runner.invoke(app, ["benchmark", "time", "--sizes", "40,60", "--weights",
-                                 str(tiny_checkpoint), "--device", "cpu", "--repeats", "2",
+                                 str(tiny_checkpoint), "--device", "cpu", "--precision", "fp32", "--repeats", "2",
                                  "--warmup", "1", "--json", str(out), "--csv",
                                  str(tmp_path / "t.csv"), "--plot", str(tmp_path / "fig5.png")])
     assert result.exit_code == 0, result.output

@@ -17,7 +17,7 @@ from tests.conftest import SHARED_MAPS, smooth_volume, write_mrc
 def pass_through(monkeypatch):
     """Replace the network (only) by an identity stand-in."""
     monkeypatch.setattr(enhance, "_predictor",
-                        lambda model, device, passes: lambda batch: batch.copy())
+                        lambda model, device, passes, precision: lambda batch: batch.copy())
 
 
 def _header(path):
@@ -103,6 +103,7 @@ def test_unusable_maps_write_nothing(tmp_path, tiny_checkpoint, volume, error, m
     ({"cube_size": 60, "core_size": 50}, ConfigError, "divisible"),
     ({"threads": 0}, ConfigError, "threads"),
     ({"batch_size": 0}, ConfigError, "batch size"),
+    ({"precision": "fp8"}, ConfigError, "unknown precision"),
 ])
 def test_bad_options_write_nothing(tmp_path, tiny_checkpoint, overrides, error, message):
     source = write_mrc(tmp_path / "in.mrc", np.abs(smooth_volume((20, 20, 20))))

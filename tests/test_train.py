@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from cryosamu_cli import dataset, enhance, train
 from cryosamu_cli.examples import write_example_map
+from cryosamu_cli.device import resolve_precision
 from cryosamu_cli.model.unet import UNet3D
 from cryosamu_cli.weights import load_model
 
@@ -133,8 +134,8 @@ def test_two_process_ddp_run_ends_with_identical_weights(data_dir, tmp_path):
 
 def test_precision_choice():
     cpu = torch.device("cpu")
-    assert train.resolve_precision("fp32", cpu) is None
-    assert train.resolve_precision("bf16", cpu) is torch.bfloat16
-    assert train.resolve_precision("auto", cpu) in (None, torch.bfloat16)
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
     with pytest.raises(Exception, match="unknown precision"):
-        train.resolve_precision("fp8", cpu)
+        resolve_precision("fp8", cpu)

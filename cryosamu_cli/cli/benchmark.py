@@ -30,6 +30,7 @@ def time_cmd(
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option(help="Cubes per network call.", min=1)] = 2,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.", min=1)] = None,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     repeats: Annotated[int, typer.Option(help="Timed runs per map.")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed runs before them.")] = 1,
     json_path: JsonOpt = None,
@@ -49,6 +50,7 @@ def time_cmd(
         records = bench.time_enhance(
             map_paths=maps or [], sizes=edges, weights=weights, device=device,
             batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup,
+            precision=precision,
             on_run=lambda name, i, n: console.print(f"{name}: run {i}/{n}"))
         rows = bench.timing_rows(records)
         _write_outputs(bench, {"version": bench.__version__, "records": records}, rows,

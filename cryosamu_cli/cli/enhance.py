@@ -52,6 +52,9 @@ def enhance_cmd(
     confidence: Annotated[int, typer.Option(
         help="Monte-Carlo dropout passes (≥ 2): output their mean and write the per-voxel "
         "standard deviation to <output>_std.mrc.", min=0)] = 0,
+    precision: Annotated[str, typer.Option(
+        help="auto (fp16 on CUDA; bf16 on a CPU that runs it faster, else fp32), fp32, bf16 "
+        "or fp16.")] = "auto",
     skip_existing: Annotated[bool, typer.Option(
         "--skip-existing", help="With --output-dir: leave maps whose output exists.")] = False,
     force: ForceOpt = False,
@@ -67,7 +70,7 @@ def enhance_cmd(
     map_options = dict(half2_path=half2, mask_path=mask, mask_mode=mask_mode, strength=strength)
     model_options = dict(weights=weights, device=device, batch_size=batch_size,
                          cube_size=cube_size, core_size=core_size, threads=threads,
-                         confidence=confidence)
+                         confidence=confidence, precision=precision)
     with user_errors(), _ProgressBars(quiet) as bars:
         paths = enhance_lib.expand_inputs(inputs)
         if (output_path is None) == (output_dir is None):
