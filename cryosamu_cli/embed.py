@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 EMBEDDING_LENGTH = 800
@@ -144,15 +145,13 @@ def load_esm_if1(weights_path=None, random_weights: bool = False, seed: int = 0)
     return model.eval(), alphabet
 
 
-def chain_backbones(atoms) -> dict[str, "np.ndarray"]:
+def chain_backbones(atoms) -> dict[str, np.ndarray]:
     """N, CA, C coordinates ``(R, 3, 3)`` per chain, of standard amino acids with a complete
     backbone, in file order."""
-    import numpy as np
-
     from cryosamu_cli.structure import STANDARD_AMINO_ACIDS
 
     wanted = {"N": 0, "CA": 1, "C": 2}
-    per_residue: dict[int, dict[int, "np.ndarray"]] = {}
+    per_residue: dict[int, dict[int, np.ndarray]] = {}
     for xyz, name, residue in zip(atoms.xyz, atoms.atom_name, atoms.residue_index):
         if name in wanted:
             per_residue.setdefault(int(residue), {}).setdefault(wanted[name], xyz)

@@ -328,7 +328,6 @@ def _write_extras(outputs: dict[str, Path], grid: mapio.GridInfo, std_1A: np.nda
         written.append(mapio.write_map(outputs["std"], std, grid, force=force,
                                        note="MC-dropout standard deviation"))
     if fsc_curve is not None:
-        mapio.check_output_path(outputs["fsc"], force=force)
         text = json.dumps(fsc_curve.to_dict(FSC_THRESHOLD), indent=1)
         written.append(write_text_atomic(outputs["fsc"], text + "\n"))
     return tuple(written)

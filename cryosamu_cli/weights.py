@@ -23,7 +23,7 @@ import platformdirs
 
 from cryosamu_cli import download
 from cryosamu_cli.atomic import atomic_target
-from cryosamu_cli.errors import ConfigError, DownloadError, WeightsError
+from cryosamu_cli.errors import ConfigError, WeightsError
 
 CHECKPOINT_FORMAT = 1
 CACHE_ENV = "CRYOSAMU_CACHE_DIR"
@@ -204,8 +204,6 @@ def load_model(path: str | os.PathLike) -> Any:
         WeightsError: The file is not a readable checkpoint, has another format, or its tensors
             do not fit the configuration it declares.
     """
-    import torch
-
     from cryosamu_cli.model.config import UNetConfig
     from cryosamu_cli.model.unet import UNet3D
 
