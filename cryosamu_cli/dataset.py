@@ -59,6 +59,7 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
                  options: PrepareOptions = PrepareOptions(), workers: int = 1,
                  role: str | None = None, simulate_from: str | os.PathLike | None = None,
                  noise_reference: str | os.PathLike | None = None, seed: int = 0,
+                 simulate_repeats: int = 1,
                  embedder: Callable[[Atoms], np.ndarray] | None = None,
                  on_plan: Callable[[int], None] | None = None,
                  on_pair: Callable[[dict], None] | None = None,
@@ -82,6 +83,8 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
         noise_reference: A real map whose power spectrum shapes the simulated noise (needed
             with ``simulate_from``).
         seed: Seed of the simulated degradations (each model gets its own stream).
+        simulate_repeats: Simulated maps per model, each with its own degradation; the
+            repeats are named ``sim-<stem>-r<k>`` and share the split of ``sim-<stem>``.
         embedder: Model atoms → ``800 × 512`` structure embedding (ESM-IF1 + pooling,
             :func:`cryosamu_cli.embed.embed_structure`); saved as ``embeddings/<name>.npy``
             for every pair that is ``ok``. None: no embeddings (``--no-struct``).
@@ -97,7 +100,7 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
         ConfigError: Nothing to prepare, or a missing noise reference.
     """
     output_dir = Path(output_dir)
-    jobs = _jobs(pairs_csv, role, simulate_from, noise_reference, seed)
+    jobs = _jobs(pairs_csv, role, simulate_from, noise_reference, seed, simulate_repeats)
     (output_dir / "shards").mkdir(parents=True, exist_ok=True)
     manifest = _load_manifest(output_dir, options)
     done = {e["name"]: e for e in manifest["pairs"] if _is_finished(e, output_dir)}
@@ -129,9 +132,10 @@ class _SimulationJob:
     model_path: Path
     reference: tuple
     seed: int
+    group: str = ""
 
 
-def _jobs(pairs_csv, role, simulate_from, noise_reference, seed) -> list:
+def _jobs(pairs_csv, role, simulate_from, noise_reference, seed, repeats: int = 1) -> list:
     """The real pairs of the CSV and the simulation jobs, in order."""
     if pairs_csv is None and simulate_from is None:
         raise ConfigError("give a pairs CSV, --simulate-from DIR, or both")
@@ -139,14 +143,17 @@ def _jobs(pairs_csv, role, simulate_from, noise_reference, seed) -> list:
         pairs_csv = PAPER_PAIRS
     jobs: list = read_pairs(pairs_csv, role=role) if pairs_csv is not None else []
     if simulate_from is not None:
-        jobs += _simulation_jobs(Path(simulate_from), noise_reference, seed)
+        jobs += _simulation_jobs(Path(simulate_from), noise_reference, seed, repeats)
     return jobs
 
 
-def _simulation_jobs(folder: Path, noise_reference, seed: int) -> list[_SimulationJob]:
-    """One job per model file in ``folder``, with the reference noise spectrum."""
+def _simulation_jobs(folder: Path, noise_reference, seed: int,
+                     repeats: int = 1) -> list[_SimulationJob]:
+    """``repeats`` jobs per model file in ``folder``, with the reference noise spectrum."""
     from cryosamu_cli import degrade
 
+    if repeats < 1:
+        raise ConfigError(f"--simulate-repeats must be at least 1, got {repeats}")
     if not folder.is_dir():
         raise ConfigError(f"--simulate-from folder not found: {folder}")
     if noise_reference is None:
@@ -156,8 +163,12 @@ def _simulation_jobs(folder: Path, noise_reference, seed: int) -> list[_Simulati
     reference = degrade.radial_power_spectrum(data, grid_info.voxel_size_zyx)
     models = sorted(p for p in folder.iterdir()
                     if p.name.lower().endswith((".pdb", ".cif", ".ent", ".pdb.gz", ".cif.gz")))
-    return [_SimulationJob(f"sim-{p.name.split('.')[0]}", p, reference, seed + i)
-            for i, p in enumerate(models)]
+    jobs = []
+    for i, path in enumerate(models):
+        group = f"sim-{path.name.split('.')[0]}"
+        jobs += [_SimulationJob(group if k == 0 else f"{group}-r{k}", path, reference,
+                                seed + i * repeats + k, group) for k in range(repeats)]
+    return jobs
 
 
 def deduplicate(jobs: list, threshold: float) -> tuple[list, list[dict]]:
@@ -219,7 +230,8 @@ def prepare_simulated(job: _SimulationJob, output_dir: Path, options: PrepareOpt
     """One model → a simulated experimental-like map, its target, and their shard."""
     from cryosamu_cli import degrade
 
-    pair = Pair(job.name, None, job.model_path, None, "")
+    # repeats of one model share its split, so no structure is in both train and val
+    pair = Pair(job.group or job.name, None, job.model_path, None, "")
     entry = {"name": job.name, "split": split_of(pair, options.val_fraction),
              "source": {"model": str(job.model_path), "simulated": True}, "cubes": 0,
              "shard": None}
@@ -460,7 +472,9 @@ class CubePairDataset:
         manifest_path = self.data_dir / "manifest.json"
         if not manifest_path.is_file():
             raise ConfigError(f"{self.data_dir} has no manifest.json (run cryosamu prepare-data)")
-        entries = [e for e in json.loads(manifest_path.read_text())["pairs"]
+        manifest = json.loads(manifest_path.read_text())
+        self.cube_size = int(manifest.get("cube_size", CUBE_SIZE))
+        entries = [e for e in manifest["pairs"]
                    if e.get("status") == "ok" and e.get("split") == split and e["cubes"]]
         self.names = [e["name"] for e in entries]
         self.with_struct = with_struct

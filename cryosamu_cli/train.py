@@ -33,7 +33,7 @@ from cryosamu_cli.atomic import atomic_target, write_text_atomic
 from cryosamu_cli.dataset import CubePairDataset
 from cryosamu_cli.device import resolve_precision
 from cryosamu_cli.errors import ConfigError
-from cryosamu_cli.model.config import UNetConfig
+from cryosamu_cli.model.config import UNetConfig, preset_config
 from cryosamu_cli.model.unet import UNet3D
 
 
@@ -48,14 +48,16 @@ class TrainConfig:
     grad_clip: float = 0.5
     seed: int = 0
     no_struct: bool = False
-    base_channels: int = 32
+    preset: str = "paper"
+    base_channels: int | None = None
     precision: str = "auto"
     augment: bool = True
+    crop_size: int | None = None
     max_steps_per_epoch: int | None = None
 
     def model_config(self) -> UNetConfig:
-        """The network this run trains."""
-        return UNetConfig(base_channels=self.base_channels)
+        """The network this run trains: the preset, with ``base_channels`` if given."""
+        return preset_config(self.preset, self.base_channels)
 
 
 @dataclass
@@ -85,6 +87,7 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
         if len(train_set) == 0:
             raise ConfigError(f"{data_dir} has no training cubes")
         model_config = model_config or config.model_config()
+        _check_crop(config.crop_size, model_config, train_set.cube_size)
         model = UNet3D.from_config(model_config).to(device)
         ddp_model = _wrap(model, world, device, config)
         loader = _loader(train_set, config, rank, world)
@@ -154,15 +157,44 @@ def _steps_per_epoch(loader, config: TrainConfig) -> int:
     return min(steps, config.max_steps_per_epoch) if config.max_steps_per_epoch else steps
 
 
+def _check_crop(crop_size: int | None, model_config: UNetConfig, cube_size: int) -> None:
+    """A training crop must fit in the cubes and divide by the U-Net's downsampling factor."""
+    if crop_size is None:
+        return
+    factor = model_config.downsampling_factor
+    if crop_size % factor or not factor <= crop_size <= cube_size:
+        raise ConfigError(f"crop size {crop_size} must be a multiple of {factor} between "
+                          f"{factor} and the cube size {cube_size}")
+
+
+def crop_and_flip(inputs: torch.Tensor, targets: torch.Tensor, crop_size: int | None,
+                  flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random ``crop_size``³ window and (with ``flip``) the same random axis flips and
+    transposition of input and target cubes ``(B, 1, n, n, n)``; densities have no handedness
+    to protect at the resolution of a cube's contents, so mirror images are valid examples."""
+    if crop_size is not None and crop_size < inputs.shape[-1]:
+        starts = torch.randint(0, inputs.shape[-1] - crop_size + 1, (3,)).tolist()
+        window = (...,) + tuple(slice(s, s + crop_size) for s in starts)
+        inputs, targets = inputs[window], targets[window]
+    if flip:
+        axes = [2 + a for a in range(3) if torch.rand(()) < 0.5]
+        order = (0, 1, *(2 + p for p in torch.randperm(3).tolist()))
+        inputs, targets = (t.flip(axes).permute(order) if axes else t.permute(order)
+                           for t in (inputs, targets))
+    return inputs.contiguous(), targets.contiguous()
+
+
 def _augmenter(config: TrainConfig):
-    """TorchIO noise, anisotropy and blur for the input cubes (None without ``augment``)."""
+    """TorchIO noise, anisotropy and blur for the input cubes (None without ``augment``).
+    The blur reaches σ = 1.5 Å so that the 3.2–3.8 Å real pairs are also seen degraded to
+    the 4–8 Å range the model is for."""
     if not config.augment:
         return None
     import torchio as tio
 
     return tio.Compose([tio.RandomNoise(std=(0.0, 0.05), p=0.5),
                         tio.RandomAnisotropy(downsampling=(1.5, 3.0), p=0.3),
-                        tio.RandomBlur(std=(0.0, 1.0), p=0.5)])
+                        tio.RandomBlur(std=(0.0, 1.5), p=0.5)])
 
 
 def _augment(inputs: torch.Tensor, augmenter) -> torch.Tensor:
@@ -180,7 +212,8 @@ def train_step(model: nn.Module, batch, optimiser, scheduler, config: TrainConfi
     """One optimisation step on a batch ``(input, target[, embedding])``; returns the loss.
     ``scaler`` (fp16) scales the loss against underflow."""
     model.train()
-    inputs, targets = batch[0], batch[1].to(device)
+    inputs, targets = crop_and_flip(batch[0], batch[1], config.crop_size, config.augment)
+    targets = targets.to(device)
     struct = batch[2].to(device) if len(batch) > 2 and not config.no_struct else None
     inputs = _augment(inputs, augmenter).to(device)
     with torch.autocast(device.type, dtype=precision or torch.float32,
@@ -218,7 +251,7 @@ def _epochs(ddp_model, model, loader, val_set, optimiser, scheduler, progress: P
         record = {"epoch": progress.epoch, "step": progress.step,
                   "train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
                   "seconds": round(time.perf_counter() - started, 2),
-                  **validate(model, val_set, device, config.batch_size)}
+                  **validate(model, val_set, device, config.batch_size, precision)}
         if rank == 0:
             _log_and_save(record, model, optimiser, scheduler, progress, config, run_dir)
             if on_epoch is not None:
@@ -230,8 +263,9 @@ def _epochs(ddp_model, model, loader, val_set, optimiser, scheduler, progress: P
 
 @torch.inference_mode()
 def validate(model: nn.Module, val_set: CubePairDataset, device: torch.device,
-             batch_size: int) -> dict:
-    """Validation loss and mean map correlation, without embeddings (as at inference)."""
+             batch_size: int, precision: torch.dtype | None = None) -> dict:
+    """Validation loss and mean map correlation, without embeddings (as at inference), in
+    the training's autocast ``precision``."""
     if len(val_set) == 0:
         return {"val_loss": None, "val_cc": None}
     model.eval()
@@ -240,7 +274,9 @@ def validate(model: nn.Module, val_set: CubePairDataset, device: torch.device,
         items = [val_set[i] for i in range(start, min(start + batch_size, len(val_set)))]
         inputs = torch.stack([i[0] for i in items]).to(device)
         targets = torch.stack([i[1] for i in items]).to(device)
-        outputs = model(inputs).float()
+        with torch.autocast(device.type, dtype=precision or torch.float32,
+                            enabled=precision is not None):
+            outputs = model(inputs).float()
         losses.append(float(nn.functional.smooth_l1_loss(outputs, targets)) * len(items))
         correlations += [float(torch.corrcoef(torch.stack([o.flatten(), t.flatten()]))[0, 1])
                          for o, t in zip(outputs, targets)]

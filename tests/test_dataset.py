@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from cryosamu_cli import dataset, mapio, metrics, simulate
 from cryosamu_cli.cli.app import app
+from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.pairs import Pair
 from cryosamu_cli.structure import protein_filters, read_atoms
 
@@ -234,6 +235,26 @@ def test_simulated_pairs_from_models(shared_data, tmp_path):
     missing = runner.invoke(app, ["prepare-data", "-o", str(out), "--no-struct",
                                   "--simulate-from", str(models)])
     assert missing.exit_code == 1 and "--noise-reference" in missing.stderr
+
+
+def test_simulate_repeats_draw_new_degradations_in_the_split_of_their_model(shared_data,
+                                                                              tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "1akeA.pdb").write_bytes((shared_data / "structures" / "1akeA.pdb").read_bytes())
+    reference = shared_data / "unpaired/emd_6824.mrc"
+    manifest = dataset.prepare_data(output_dir=tmp_path / "sim", simulate_from=models,
+                                    noise_reference=reference, seed=3, simulate_repeats=3)
+    entries = {e["name"]: e for e in manifest["pairs"]}
+    assert set(entries) == {"sim-1akeA", "sim-1akeA-r1", "sim-1akeA-r2"}
+    assert len({e["split"] for e in entries.values()}) == 1
+    assert len({e["degradation"]["resolution_A"] for e in entries.values()}) == 3
+    single = dataset.prepare_data(output_dir=tmp_path / "one", simulate_from=models,
+                                  noise_reference=reference, seed=3)
+    assert single["pairs"][0]["degradation"] == entries["sim-1akeA"]["degradation"]
+    with pytest.raises(ConfigError, match="at least 1"):
+        dataset.prepare_data(output_dir=tmp_path / "none", simulate_from=models,
+                             noise_reference=reference, simulate_repeats=0)
 
 
 def test_shaped_noise_follows_the_reference_spectrum(shared_data):

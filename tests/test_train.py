@@ -139,3 +139,46 @@ def test_precision_choice():
     assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
     with pytest.raises(Exception, match="unknown precision"):
         resolve_precision("fp8", cpu)
+
+
+def test_crop_and_flip_cut_the_same_window_from_input_and_target():
+    torch.manual_seed(1)
+    volume = torch.arange(2 * 16 ** 3, dtype=torch.float32).reshape(2, 1, 16, 16, 16)
+    inputs, targets = train.crop_and_flip(volume, volume + 0.5, crop_size=8, flip=True)
+    assert inputs.shape == targets.shape == (2, 1, 8, 8, 8)
+    assert torch.equal(targets - inputs, torch.full_like(inputs, 0.5))  # same voxels in both
+    # the crop holds 8³ distinct voxels of the source, each cube from its own batch item
+    assert len(torch.unique(inputs[0])) == 512 and inputs[0].max() < 16 ** 3 <= inputs[1].min()
+    same, same_targets = train.crop_and_flip(volume, volume, crop_size=None, flip=False)
+    assert torch.equal(same, volume) and torch.equal(same_targets, volume)
+
+
+def test_flips_reach_every_axis_and_keep_the_values():
+    torch.manual_seed(0)
+    volume = torch.arange(4 ** 3, dtype=torch.float32).reshape(1, 1, 4, 4, 4)
+    seen = set()
+    for _ in range(40):
+        flipped, _ = train.crop_and_flip(volume, volume, crop_size=None, flip=True)
+        assert torch.equal(flipped.flatten().sort().values, volume.flatten())
+        seen.add(tuple(flipped.flatten()[:2].tolist()))
+    assert len(seen) > 8  # corners and neighbours move: flips and transpositions both happen
+
+
+def test_light_preset_trains_on_crops_and_refuses_bad_crop_sizes(data_dir, tmp_path):
+    from cryosamu_cli.errors import ConfigError
+    from cryosamu_cli.model import preset_config
+
+    light = preset_config("light", base_channels=8)
+    assert light.attention_levels == (False, True, True, False) and light.base_channels == 8
+    run = tmp_path / "light"
+    summary = train.train(data_dir=data_dir, run_dir=run,
+                          config=_config(preset="light", base_channels=8, crop_size=32,
+                                         augment=True))
+    assert summary["steps"] == 3 and np.isfinite(summary["history"][0]["train_loss"])
+    assert load_model(run / "best.pt").config == light
+    for bad in (30, 72):
+        with pytest.raises(ConfigError, match="crop size"):
+            train.train(data_dir=data_dir, run_dir=tmp_path / f"bad{bad}",
+                        config=_config(preset="light", base_channels=8, crop_size=bad))
+    with pytest.raises(ConfigError, match="unknown model preset"):
+        preset_config("huge")

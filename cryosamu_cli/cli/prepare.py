@@ -46,6 +46,9 @@ def prepare_cmd(
         "--noise-reference", dir_okay=False, help="Real map whose noise spectrum the "
         "simulated maps follow.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulated degradations.")] = 0,
+    simulate_repeats: Annotated[int, typer.Option(
+        "--simulate-repeats", min=1, help="Simulated maps per model, each with its own "
+        "degradation.")] = 1,
     dedup_identity: Annotated[Optional[float], typer.Option(
         "--dedup-identity", help="Keep one pair per group of models above this sequence "
         "identity (the paper: 0.3); needs biotite.")] = None,
@@ -82,6 +85,7 @@ def prepare_cmd(
         manifest = dataset.prepare_data(
             pairs_csv=pairs_csv or pairs_option, output_dir=output_dir, options=options,
             workers=workers, role=role, simulate_from=simulate_from, noise_reference=noise_reference, seed=seed,
+            simulate_repeats=simulate_repeats,
             embedder=embedder, on_plan=lambda n: bar.update(task, total=n), on_pair=finished,
             download_progress=downloading)
     table = Table("pair", "split", "status", "cubes", "CC_mask", "resolution", "reason")

@@ -16,7 +16,9 @@ EXAMPLE = """cryosamu train training_data -o runs/base32 --epochs 95 --batch-siz
 torchrun --nproc-per-node 4 --nnodes 2 --rdzv-backend c10d --rdzv-endpoint host:29500 \\
     $(which cryosamu) train training_data -o runs/ddp
 
-cryosamu train training_data -o runs/base32 --resume"""
+cryosamu train training_data -o runs/base32 --resume
+
+cryosamu train training_data -o runs/light --preset light --crop-size 48 --precision bf16"""
 
 
 @app.command("train", epilog=epilog(EXAMPLE))
@@ -26,7 +28,12 @@ def train_cmd(
                                           help="Folder for checkpoints and metrics.")],
     epochs: Annotated[int, typer.Option(min=1, help="Epochs (the paper: 95).")] = 95,
     batch_size: Annotated[int, typer.Option(min=1, help="Cubes per step and process.")] = 2,
-    base_channels: Annotated[int, typer.Option(help="Channels of the first U-Net level.")] = 32,
+    preset: Annotated[str, typer.Option(help="Network preset: paper (§3.3) or light "
+                                        "(for CPUs).")] = "paper",
+    base_channels: Annotated[Optional[int], typer.Option(
+        help="Channels of the first U-Net level (default: the preset's).")] = None,
+    crop_size: Annotated[Optional[int], typer.Option(
+        help="Train on random crops of this edge (a multiple of 8) of the 64³ cubes.")] = None,
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
     no_struct: Annotated[bool, typer.Option("--no-struct", help="Train without structure "
                                             "embeddings (the ablation).")] = False,
@@ -43,8 +50,9 @@ def train_cmd(
 
     config = train_lib.TrainConfig(epochs=epochs, batch_size=batch_size,
                                    learning_rate=learning_rate, seed=seed, no_struct=no_struct,
-                                   base_channels=base_channels, precision=precision,
-                                   augment=not no_augment, max_steps_per_epoch=max_steps)
+                                   preset=preset, base_channels=base_channels,
+                                   precision=precision, augment=not no_augment,
+                                   crop_size=crop_size, max_steps_per_epoch=max_steps)
     with user_errors():
         summary = train_lib.train(data_dir=data_dir, run_dir=run_dir, config=config,
                                   resume=resume, on_epoch=_print_epoch)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from cryosamu_cli.errors import ConfigError
@@ -78,3 +78,25 @@ class UNetConfig:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"invalid model config: {exc}") from exc
+
+
+PRESETS: dict[str, UNetConfig] = {
+    # §3.3 as published: 32 base channels, attention after levels 1-3 (9.2 M parameters)
+    "paper": UNetConfig(),
+    # for CPUs: 16 base channels, 64-wide attention heads and none at full resolution, where
+    # the linear attention's 3 × 128 × 64³ tensors cost more than all convolutions together
+    "light": UNetConfig(base_channels=16, attention_head_dim=16,
+                        attention_levels=(False, True, True, False)),
+}
+
+
+def preset_config(name: str, base_channels: int | None = None) -> UNetConfig:
+    """The named preset (``paper`` or ``light``), optionally with other base channels.
+
+    Raises:
+        ConfigError: Unknown preset name.
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset '{name}': use {' or '.join(PRESETS)}")
+    config = PRESETS[name]
+    return config if base_channels is None else replace(config, base_channels=base_channels)
