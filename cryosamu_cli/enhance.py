@@ -26,7 +26,7 @@ from cryosamu_cli import grid as grid_ops
 from cryosamu_cli import mapio, metrics, tiling
 from cryosamu_cli.atomic import write_text_atomic
 from cryosamu_cli.device import resolve_device, resolve_precision
-from cryosamu_cli.errors import ConfigError, CryosamuError, OutputError
+from cryosamu_cli.errors import ConfigError, CryosamuError, DeviceError, OutputError
 from cryosamu_cli.weights import DownloadProgress, load_model, resolve_weights
 
 DEFAULT_SKIP_THRESHOLD = 0.0
@@ -95,7 +95,7 @@ class Enhancer:
     skip_threshold: float = DEFAULT_SKIP_THRESHOLD
     confidence_passes: int = 0
     precision: torch.dtype | None = None
-    _predict: tiling.Predictor = field(init=False, repr=False)
+    _predict: "NetworkPredictor" = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         tiling.check_cube_sizes(self.cube_size, self.core_size)
@@ -105,8 +105,8 @@ class Enhancer:
                               "for this model")
         if self.confidence_passes < 0 or self.confidence_passes == 1:
             raise ConfigError("--confidence needs at least 2 passes (or 0 for none)")
-        self._predict = _predictor(self.model, self.device, self.confidence_passes,
-                                   self.precision)
+        self._predict = NetworkPredictor(self.model, self.device, self.confidence_passes,
+                                         self.precision)
 
     @property
     def precision_name(self) -> str:
@@ -342,32 +342,69 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def _predictor(model: torch.nn.Module, device: torch.device, passes: int,
-               precision: torch.dtype | None = None) -> tiling.Predictor:
-    """Wrap the network as a numpy function: ``(B, n, n, n)`` → ``(B, n, n, n)``, or
-    ``(B, 2, n, n, n)`` (mean, standard deviation) over ``passes`` Monte-Carlo dropout passes."""
-    model.eval()
-    if passes:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.train()
+class NetworkPredictor:
+    """The network as a numpy function for :mod:`cryosamu_cli.tiling`: ``(B, n, n, n)`` →
+    ``(B, n, n, n)``, or ``(B, 2, n, n, n)`` (mean, standard deviation) over ``passes``
+    Monte-Carlo dropout passes.
 
-    def run(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=precision or torch.float32,
-                            enabled=precision is not None):
-            return model(inputs).float()
+    On CUDA the cubes are copied from pinned host memory without blocking the host. When the
+    device runs out of memory the batch is halved and retried, and the smaller size is kept
+    for the rest of the run (``max_batch``); only a single cube that does not fit is an error.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, passes: int = 0,
+                 precision: torch.dtype | None = None) -> None:
+        self.model, self.device, self.passes, self.precision = model, device, passes, precision
+        self.max_batch: int | None = None
+        model.eval()
+        if passes:
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.train()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        size = min(self.max_batch or len(batch), len(batch))
+        outputs, start = [], 0
+        while start < len(batch):
+            chunk = batch[start:start + size]
+            try:
+                outputs.append(self._predict(chunk))
+            except torch.OutOfMemoryError as exc:
+                size = self._back_off(size, exc)
+                continue
+            start += len(chunk)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def _back_off(self, size: int, exc: Exception) -> int:
+        """Halve the batch after an out-of-memory error (and remember it)."""
+        if size == 1:
+            raise DeviceError(f"{self.device} ran out of memory on a single cube; use a "
+                              "smaller --cube-size or --device cpu") from exc
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.max_batch = size // 2
+        return self.max_batch
+
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+        """Cubes as a channels-last ``(B, 1, n, n, n)`` tensor on the device."""
+        tensor = torch.from_numpy(batch).unsqueeze(1)
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True, memory_format=torch.channels_last_3d)
+
+    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.precision or torch.float32,
+                            enabled=self.precision is not None):
+            return self.model(inputs).float()
 
     @torch.inference_mode()
-    def predict(batch: np.ndarray) -> np.ndarray:
-        inputs = torch.from_numpy(batch).unsqueeze(1).to(
-            device, memory_format=torch.channels_last_3d)
-        if not passes:
-            return run(inputs).squeeze(1).cpu().numpy()
-        samples = torch.stack([run(inputs) for _ in range(passes)])
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        inputs = self._to_device(batch)
+        if not self.passes:
+            return self._forward(inputs).squeeze(1).cpu().numpy()
+        samples = torch.stack([self._forward(inputs) for _ in range(self.passes)])
         mean, std = samples.mean(dim=0), samples.std(dim=0, correction=0)
         return torch.cat([mean, std], dim=1).cpu().numpy()
-
-    return predict
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from cryosamu_cli.errors import ConfigError, WeightsError
 CHECKPOINT_FORMAT = 1
 CACHE_ENV = "CRYOSAMU_CACHE_DIR"
 OFFLINE_ENV = "CRYOSAMU_OFFLINE"
+MIRROR_ENV = "CRYOSAMU_WEIGHTS_URL"
 _CHUNK = 1 << 20
 
 DownloadProgress = Callable[[int, int | None], None]
@@ -40,7 +41,8 @@ class WeightsEntry:
     Attributes:
         name: Registry name, e.g. ``cryosamu-preview``.
         file: File name in the cache and in the shipped folder.
-        url: Where to download it from.
+        url: Where to download it from ("" for a model that only ships inside the package;
+            ``$CRYOSAMU_WEIGHTS_URL/<file>`` overrides it, for mirrors).
         sha256: Full SHA-256 of the file.
         size: Size in bytes.
         config: The model's :class:`UNetConfig` as a dictionary.
@@ -161,10 +163,29 @@ def download_weights(entry: WeightsEntry, *, progress: DownloadProgress | None =
     Raises:
         DownloadError: HTTP error, connection lost, wrong size or checksum, unwritable cache.
     """
+    url = download_url(entry)
     target = cache_dir() / entry.file
     download.ensure_writable(target.parent, f"set {CACHE_ENV} to a writable folder")
-    return download.fetch(entry.url, target, sha256=entry.sha256, size=entry.size,
+    return download.fetch(url, target, sha256=entry.sha256, size=entry.size,
                           timeout_s=timeout_s, progress=progress, label=f"'{entry.name}'")
+
+
+def download_url(entry: WeightsEntry) -> str:
+    """Where ``entry`` is downloaded from: the mirror in ``$CRYOSAMU_WEIGHTS_URL``, else the
+    manifest's address.
+
+    Raises:
+        WeightsError: Neither exists (the model ships only inside the package).
+    """
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    if mirror:
+        return f"{mirror.rstrip('/')}/{entry.file}"
+    if entry.url:
+        return entry.url
+    raise WeightsError(f"weights '{entry.name}' ship inside the cryosamu package but "
+                       f"{shipped_weights_dir() / entry.file} is missing or damaged; reinstall "
+                       f"cryosamu, set {MIRROR_ENV} to a folder URL that holds {entry.file}, "
+                       "or pass --weights PATH")
 
 
 def sha256_of(path: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mrcfile
 import numpy as np
 import pytest
+import torch
 
 from cryosamu_cli import enhance, grid, mapio
 from cryosamu_cli.errors import (ConfigError, DeviceError, InvalidMapError, MapReadError,
@@ -16,7 +17,7 @@ from tests.conftest import SHARED_MAPS, smooth_volume, write_mrc
 @pytest.fixture
 def pass_through(monkeypatch):
     """Replace the network (only) by an identity stand-in."""
-    monkeypatch.setattr(enhance, "_predictor",
+    monkeypatch.setattr(enhance, "NetworkPredictor",
                         lambda model, device, passes, precision: lambda batch: batch.copy())
 
 
@@ -132,10 +133,43 @@ def test_loaded_network_gives_the_plain_networks_output(tiny_checkpoint):
 
     from cryosamu_cli.weights import load_model
 
-    enhancer = enhance.load_enhancer(weights=tiny_checkpoint, device="cpu")
+    enhancer = enhance.load_enhancer(weights=tiny_checkpoint, device="cpu", precision="fp32")
     batch = np.stack([np.abs(smooth_volume((32, 32, 32), seed=s)) for s in (4, 5)])
     plain = load_model(tiny_checkpoint)
     with torch.inference_mode():
         expected = plain(torch.from_numpy(batch).unsqueeze(1)).squeeze(1).numpy()
     # channels-last changes only the order of fp32 sums
     assert np.abs(enhancer._predict(batch) - expected).max() < 1e-3 * np.abs(expected).max()
+
+
+class _MemoryLimited(torch.nn.Module):
+    """A real network on a device that holds at most ``limit`` cubes: larger batches raise
+    the error a GPU raises when its memory is full."""
+
+    def __init__(self, network: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.network, self.limit, self.batches = network, limit, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(x))
+        if len(x) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.network(x)
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_result(tiny_checkpoint):
+    from cryosamu_cli.weights import load_model
+
+    network = load_model(tiny_checkpoint)
+    batch = np.stack([np.abs(smooth_volume((32, 32, 32), seed=s)) for s in range(5)])
+    expected = enhance.NetworkPredictor(network, torch.device("cpu"))(batch)
+    limited = _MemoryLimited(network, limit=2)
+    predictor = enhance.NetworkPredictor(limited, torch.device("cpu"))
+    # batches of another size change only the order of fp32 sums
+    assert np.abs(predictor(batch) - expected).max() < 1e-4 * np.abs(expected).max()
+    assert limited.batches == [5, 2, 2, 1] and predictor.max_batch == 2
+    limited.batches.clear()
+    predictor(batch[:4])  # the smaller size is kept: no second failure
+    assert limited.batches == [2, 2]
+    with pytest.raises(DeviceError, match="single cube"):
+        enhance.NetworkPredictor(_MemoryLimited(network, limit=0), torch.device("cpu"))(batch)

@@ -25,6 +25,7 @@ def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
     monkeypatch.setenv(weights.CACHE_ENV, str(folder))
     monkeypatch.delenv(weights.OFFLINE_ENV, raising=False)
+    monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
     monkeypatch.setattr(weights, "shipped_weights_dir", lambda: tmp_path / "shipped")
     return folder
 
@@ -117,7 +118,31 @@ def test_missing_explicit_weights_and_no_default(tmp_path):
         weights.Manifest(entries={}, default=None).get()
 
 
+def test_a_mirror_serves_models_without_an_address_and_none_is_a_clear_error(
+        server, cache, monkeypatch):
+    manifest = _manifest(_entry(""))
+    with pytest.raises(WeightsError, match="ship inside the cryosamu package"):
+        weights.resolve_weights(manifest=manifest)
+    monkeypatch.setenv(weights.MIRROR_ENV, server + "/")
+    path = weights.resolve_weights(manifest=manifest)
+    assert path == cache / "model.pt" and path.read_bytes() == PAYLOAD
+
+
 def test_shipped_manifest_is_readable():
     manifest = weights.load_manifest()
     for entry in manifest.entries.values():
         assert len(entry.sha256) == 64 and entry.size > 0
+
+
+def test_the_default_model_ships_intact_and_loads(monkeypatch, tmp_path):
+    from cryosamu_cli.model.config import UNetConfig
+
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.setenv(weights.OFFLINE_ENV, "1")
+    manifest = weights.load_manifest()
+    entry = manifest.get()  # a default exists
+    path = weights.resolve_weights()
+    assert path == weights.shipped_weights_dir() / entry.file
+    assert path.stat().st_size == entry.size and weights.sha256_of(path) == entry.sha256
+    model = weights.load_model(path)  # weights_only=True inside
+    assert model.config == UNetConfig.from_dict(entry.config)
