@@ -74,7 +74,7 @@ def synthetic_map(edge: int, seed: int = 0) -> tuple[np.ndarray, mapio.GridInfo]
 
 def time_enhance(*, map_paths: Sequence[str | os.PathLike] = (), sizes: Sequence[int] = (),
                  weights: str | os.PathLike | None = None, device: str = "auto",
-                 batch_size: int = 2, threads: int | None = None, repeats: int = 3,
+                 batch_size: int | None = None, threads: int | None = None, repeats: int = 3,
                  warmup: int = 1, precision: str = "auto",
                  on_run: Callable[[str, int, int], None] | None = None) -> list[TimingRecord]:
     """Time ``enhance_map`` on real maps and/or synthetic ``sizes``³ maps.

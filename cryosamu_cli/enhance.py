@@ -128,7 +128,7 @@ class Enhancer:
 
 
 def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "auto",
-                  batch_size: int = 2, cube_size: int = 64, core_size: int = 50,
+                  batch_size: int | None = None, cube_size: int = 64, core_size: int = 50,
                   threads: int | None = None, confidence: int = 0,
                   skip_threshold: float = DEFAULT_SKIP_THRESHOLD, precision: str = "auto",
                   download_progress: DownloadProgress | None = None) -> Enhancer:
@@ -138,7 +138,7 @@ def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "au
         CryosamuError: Unknown device, missing/corrupt weights, invalid sizes.
     """
     tiling.check_cube_sizes(cube_size, core_size)
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     torch_device = resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
@@ -146,13 +146,47 @@ def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "au
     weights_path = resolve_weights(weights, progress=download_progress)
     # channels-last 3D: about 6 % faster convolutions on CPU (oneDNN), same results
     model = load_model(weights_path).to(torch_device, memory_format=torch.channels_last_3d)
-    return Enhancer(model, torch_device, weights_path, batch_size, cube_size, core_size,
-                    skip_threshold, confidence, dtype)
+    enhancer = Enhancer(model, torch_device, weights_path, batch_size or 1, cube_size,
+                        core_size, skip_threshold, confidence, dtype)
+    if batch_size is None:
+        enhancer.batch_size = auto_batch_size(enhancer)
+    return enhancer
+
+
+CPU_BATCH_SIZE = 2
+MAX_AUTO_BATCH = 32
+
+
+def auto_batch_size(enhancer: Enhancer) -> int:
+    """The batch size ``--batch-size auto`` picks: on a CPU, 2 (from a batch of 2 on, PyTorch
+    runs every fp32 convolution through oneDNN; larger batches gain nothing); on CUDA, as many
+    cubes as 80 % of the free memory holds, measured from one cube's peak memory."""
+    if enhancer.device.type != "cuda":
+        return CPU_BATCH_SIZE
+    device = enhancer.device
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device)
+    cube = np.zeros((1,) + (enhancer.cube_size,) * 3, np.float32)
+    enhancer._predict(cube)
+    per_cube = torch.cuda.max_memory_allocated(device) - baseline
+    return batch_size_for_memory(free_bytes, per_cube)
+
+
+def batch_size_for_memory(free_bytes: int, per_cube_bytes: int, fraction: float = 0.8,
+                          cap: int = MAX_AUTO_BATCH) -> int:
+    """How many cubes of ``per_cube_bytes`` peak memory fit in ``fraction`` of
+    ``free_bytes`` (at least 1, at most ``cap``; an out-of-memory error later still halves
+    the batch, see :class:`NetworkPredictor`)."""
+    fitting = int(free_bytes * fraction) // max(int(per_cube_bytes), 1)
+    return max(1, min(cap, fitting))
 
 
 def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike,
                 weights: str | os.PathLike | None = None, device: str = "auto",
-                batch_size: int = 2, cube_size: int = 64, core_size: int = 50,
+                batch_size: int | None = None, cube_size: int = 64, core_size: int = 50,
                 threads: int | None = None, force: bool = False,
                 half2_path: str | os.PathLike | None = None,
                 mask_path: str | os.PathLike | None = None, mask_mode: str = "keep-inside",
@@ -168,8 +202,8 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
         input_path: MRC/CCP4 map (optionally .gz); half map 1 when ``half2_path`` is given.
         output_path: Where to write the enhanced map (``.gz`` to compress).
         weights: Checkpoint path; default: the shipped/cached pretrained model.
-        device: ``auto``, ``cpu`` or ``cuda:N``.
-        batch_size: Cubes per network call.
+        device: ``auto``, ``cpu`` or ``cuda:N`` (:func:`enhance_many` also takes several).
+        batch_size: Cubes per network call (None: :func:`auto_batch_size`).
         cube_size: Edge of the cubes given to the network (divisible by 8 for the default model).
         core_size: Edge of the central part of each output cube that is kept.
         threads: CPU threads for torch (default: torch's choice).
@@ -426,7 +460,7 @@ def output_path_for(input_path: Path, output_dir: Path) -> Path:
 def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                  skip_existing: bool = False, force: bool = False,
                  weights: str | os.PathLike | None = None, device: str = "auto",
-                 batch_size: int = 2, cube_size: int = 64, core_size: int = 50,
+                 batch_size: int | None = None, cube_size: int = 64, core_size: int = 50,
                  threads: int | None = None, confidence: int = 0, precision: str = "auto",
                  on_map_start: Callable[[Path, int, int], None] | None = None,
                  **map_options: object) -> list[MapOutcome]:
@@ -449,6 +483,13 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise OutputError(f"output folder does not exist: {output_dir}")
+    devices = split_devices(device)
+    if len(devices) > 1:
+        return _enhance_on_devices(
+            devices, input_paths=[Path(p) for p in input_paths], output_dir=output_dir,
+            skip_existing=skip_existing, force=force, weights=weights, batch_size=batch_size,
+            cube_size=cube_size, core_size=core_size, threads=threads, confidence=confidence,
+            precision=precision, **map_options)
     enhancer = None
     outcomes = []
     for index, input_path in enumerate(Path(p) for p in input_paths):
@@ -469,6 +510,47 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
         except CryosamuError as exc:
             outcomes.append(MapOutcome(input_path, target, "failed", str(exc)))
     return outcomes
+
+
+def split_devices(device: str) -> list[str]:
+    """The devices in ``device``: one (``auto``, ``cpu``, ``cuda:N``), a comma-separated list
+    (``cuda:0,cuda:1``), or ``cuda:all`` (every visible GPU).
+
+    Raises:
+        DeviceError: ``cuda:all`` without a GPU.
+    """
+    if device.strip().lower() == "cuda:all":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError("--device cuda:all requested but CUDA is not available on this "
+                              "machine")
+        return [f"cuda:{i}" for i in range(count)]
+    return [part.strip() for part in device.split(",") if part.strip()] or ["auto"]
+
+
+def _enhance_on_devices(devices: list[str], *, input_paths: list[Path], threads: int | None,
+                        **options: object) -> list[MapOutcome]:
+    """One worker process per device, each enhancing every ``len(devices)``-th map with its
+    own loaded model; outcomes come back in input order. Progress callbacks stay in this
+    process (they cannot cross into the workers), so only whole maps are reported."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    for device in set(devices):
+        resolve_device(device)  # an unknown or absent device fails before any work
+    options = {key: value for key, value in options.items() if not callable(value)}
+    if threads is None and all(d == "cpu" for d in devices):
+        threads = max(1, (os.cpu_count() or 1) // len(devices))
+    shares = [list(range(i, len(input_paths), len(devices))) for i in range(len(devices))]
+    by_index: dict[int, MapOutcome] = {}
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    with ProcessPoolExecutor(len(devices), mp_context=context) as pool:
+        jobs = {pool.submit(enhance_many, input_paths=[input_paths[i] for i in share],
+                            device=device, threads=threads, **options): share
+                for device, share in zip(devices, shares) if share}
+        for job, share in jobs.items():
+            by_index.update(zip(share, job.result()))
+    return [by_index[i] for i in range(len(input_paths))]
 
 
 def expand_inputs(patterns: Sequence[str | os.PathLike]) -> list[Path]:

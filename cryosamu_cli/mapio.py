@@ -9,6 +9,8 @@ Nothing here knows about torch.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -90,32 +92,37 @@ def read_map(path: str | os.PathLike) -> tuple[np.ndarray, GridInfo]:
     path = Path(path)
     if not path.is_file():
         raise MapReadError(f"map file not found: {path}")
-    file_data, header = _read_file(path)
-    grid = _grid_from_header(header, path)
-    data = np.ascontiguousarray(np.transpose(file_data, _file_to_zyx(grid.axis_order)))
-    data = data.astype(np.float32, copy=False)
+    with _open_file(path) as (file_data, header):
+        grid = _grid_from_header(header, path)
+        # one copy, straight from the (memory-mapped) file into canonical order and float32
+        data = np.array(np.transpose(file_data, _file_to_zyx(grid.axis_order)),
+                        dtype=np.float32, order="C", copy=True)
     _check_finite(data, path)
     return data, replace(grid, shape_zyx=tuple(int(n) for n in data.shape))
 
 
-def _read_file(path: Path) -> tuple[np.ndarray, np.recarray]:
-    """Open ``path`` with mrcfile and return its data (file order) and a copy of its header.
+@contextmanager
+def _open_file(path: Path) -> Iterator[tuple[np.ndarray, np.recarray]]:
+    """Open ``path`` with mrcfile and yield its data (file order) and a copy of its header.
 
-    mrcfile is used in permissive mode so that real EMDB files with a wrong machine stamp
-    still read; a missing map ID or a data block that cannot be read is fatal.
+    Uncompressed files are memory-mapped, so only the pages read are loaded and the caller's
+    copy is the only one held in memory. mrcfile is used in permissive mode so that real EMDB
+    files with a wrong machine stamp still read; a missing map ID or a data block that cannot
+    be read is fatal.
     """
+    opener = mrcfile.open if path.name.lower().endswith((".gz", ".bz2")) else mrcfile.mmap
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with mrcfile.open(path, mode="r", permissive=True) as mrc:
+            with opener(path, mode="r", permissive=True) as mrc:
                 problems = [str(w.message) for w in caught]
                 if any("Map ID string not found" in p for p in problems):
                     raise MapReadError(f"{path} is not an MRC/CCP4 map (no MAP ID in its header)")
                 if mrc.data is None:
                     reason = problems[-1] if problems else "no data block"
                     raise MapReadError(f"cannot read the data of {path}: {reason}")
-                return np.array(mrc.data, copy=True), mrc.header.copy()
-    except MapReadError:
+                yield mrc.data, mrc.header.copy()
+    except (MapReadError, InvalidMapError):
         raise
     except (ValueError, OSError, EOFError) as exc:
         raise MapReadError(f"cannot read {path} as an MRC/CCP4 map: {_first_line(exc)}") from exc

@@ -52,6 +52,12 @@ def test_options_reach_enhance_map_as_keywords(monkeypatch, tmp_path):
         precision="auto")
     assert hooks <= set(kwargs)
     assert "6 cubes run, 2 skipped" in result.output
+    for argv in ([], ["--batch-size", "auto"]):
+        result = runner.invoke(app, ["enhance", "in.mrc", "-o", "out.mrc", *argv])
+        assert result.exit_code == 0, result.output
+        assert calls[-1]["batch_size"] is None  # auto: the library picks from the device
+    result = runner.invoke(app, ["enhance", "in.mrc", "-o", "out.mrc", "--batch-size", "two"])
+    assert result.exit_code == 2 and "not auto or a whole number" in result.output
 
 
 @pytest.fixture

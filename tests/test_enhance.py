@@ -173,3 +173,14 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_result(tiny_checkpoint):
     assert limited.batches == [2, 2]
     with pytest.raises(DeviceError, match="single cube"):
         enhance.NetworkPredictor(_MemoryLimited(network, limit=0), torch.device("cpu"))(batch)
+
+
+def test_auto_batch_size_fits_free_memory_and_is_two_on_a_cpu(tiny_checkpoint):
+    gib = 1 << 30
+    assert enhance.batch_size_for_memory(10 * gib, gib) == 8  # 80 % of 10 GiB
+    assert enhance.batch_size_for_memory(gib, 3 * gib) == 1  # never below one
+    assert enhance.batch_size_for_memory(80 * gib, 1 << 20) == enhance.MAX_AUTO_BATCH
+    enhancer = enhance.load_enhancer(weights=tiny_checkpoint, device="cpu", batch_size=None)
+    assert enhancer.batch_size == enhance.CPU_BATCH_SIZE
+    assert enhance.load_enhancer(weights=tiny_checkpoint, device="cpu",
+                                 batch_size=5).batch_size == 5

@@ -158,3 +158,12 @@ def test_labels_stay_at_ten(tmp_path):
     _, again = mapio.read_map(mapio.write_map(tmp_path / "o.mrc", data, full))
     assert len(again.labels) == 10
     assert again.labels[:9] == full.labels[:9] and again.labels[9].startswith("cryosamu")
+
+
+def test_memory_mapped_reading_hands_back_an_independent_copy(tmp_path):
+    volume = smooth_volume((12, 10, 8))
+    path = write_mrc(tmp_path / "m.mrc", volume)
+    data, _ = mapio.read_map(path)
+    assert data.flags.owndata and data.flags.writeable and data.dtype == np.float32
+    path.unlink()  # the mapping is closed: the array lives on without the file
+    assert np.allclose(data, volume)

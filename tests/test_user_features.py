@@ -66,6 +66,26 @@ def test_batch_results_equal_single_runs(tmp_path, maps, tiny_checkpoint):
                           mapio.read_map(outcomes[1].output_path)[0])
 
 
+def test_one_process_per_device_gives_the_single_process_results_in_input_order(
+        tmp_path, maps, tiny_checkpoint):
+    inputs = [maps / "good0.mrc", maps / "bad.mrc", maps / "good1.mrc"]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    single = enhance.enhance_many(input_paths=inputs, output_dir=tmp_path / "one",
+                                  weights=tiny_checkpoint, device="cpu", threads=1)
+    spread = enhance.enhance_many(input_paths=inputs, output_dir=tmp_path / "two",
+                                  weights=tiny_checkpoint, device="cpu,cpu", threads=1,
+                                  progress=lambda done, total: None)
+    assert [o.input_path for o in spread] == inputs
+    assert [o.status for o in spread] == ["ok", "failed", "ok"]
+    for one, two in zip(single, spread):
+        if one.status == "ok":
+            assert np.array_equal(mapio.read_map(one.output_path)[0],
+                                  mapio.read_map(two.output_path)[0])
+    with pytest.raises(enhance.DeviceError, match="CUDA"):
+        enhance.enhance_many(input_paths=inputs, output_dir=tmp_path, device="cpu,cuda:7")
+
+
 def test_output_choice_is_checked(tmp_path, maps, tiny_checkpoint):
     two = runner.invoke(app, ["enhance", str(maps / "good0.mrc"), str(maps / "good1.mrc"),
                               "-o", str(tmp_path / "o.mrc")])

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cryosamu_cli.cli.common import DeviceOpt, WeightsOpt, console, epilog, user_errors
+from cryosamu_cli.cli.common import (BatchSizeOpt, DeviceOpt, WeightsOpt, console, epilog,
+                                     user_errors)
 
 app = typer.Typer(help="Timing reports and map–model quality (Phenix definitions).",
                   no_args_is_help=True)
@@ -28,7 +29,7 @@ def time_cmd(
                                             "128,256,384.")] = "",
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
-    batch_size: Annotated[int, typer.Option(help="Cubes per network call.", min=1)] = 2,
+    batch_size: BatchSizeOpt = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.", min=1)] = None,
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     repeats: Annotated[int, typer.Option(help="Timed runs per map.")] = 3,

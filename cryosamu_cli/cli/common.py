@@ -22,6 +22,25 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing o
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 
 
+def parse_batch_size(text: str) -> int | None:
+    """``auto`` → None (the library picks from the device); else a positive integer."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise typer.BadParameter(f"'{text}' is not auto or a whole number") from None
+    if value < 1:
+        raise typer.BadParameter(f"must be at least 1, got {value}")
+    return value
+
+
+BatchSizeOpt = Annotated[int | None, typer.Option(
+    "--batch-size", parser=parse_batch_size, metavar="auto|N",
+    help="Cubes per network call; auto: 2 on a CPU, from free memory on CUDA (halved on "
+    "out-of-memory).")]
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a :class:`CryosamuError` into one red line on stderr and exit code 1."""

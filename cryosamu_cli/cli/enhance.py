@@ -10,14 +10,16 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
-from cryosamu_cli.cli.common import (DeviceOpt, ForceOpt, QuietOpt, WeightsOpt, console, epilog,
-                                     user_errors)
+from cryosamu_cli.cli.common import (BatchSizeOpt, ForceOpt, QuietOpt, WeightsOpt, console,
+                                     epilog, user_errors)
 
 app = typer.Typer()
 
 EXAMPLE = """cryosamu enhance emd_24496.map -o emd_24496_enhanced.mrc
 
 cryosamu enhance maps/*.map --output-dir enhanced/ --skip-existing
+
+cryosamu enhance maps/*.map --output-dir enhanced/ --device cuda:all    # one process per GPU
 
 cryosamu enhance half1.mrc --half2 half2.mrc -o avg_enhanced.mrc --confidence 8
 
@@ -34,8 +36,10 @@ def enhance_cmd(
         "--output-dir", file_okay=False, help="Folder for <name>_enhanced.mrc (any number of "
         "INPUTs).")] = None,
     weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
-    batch_size: Annotated[int, typer.Option(help="Cubes per network call.", min=1)] = 2,
+    device: Annotated[str, typer.Option(
+        "--device", help="Where the network runs: auto, cpu or cuda:N; with --output-dir "
+        "also several (cuda:0,cuda:1 or cuda:all): one process per device.")] = "auto",
+    batch_size: BatchSizeOpt = "auto",
     cube_size: Annotated[int, typer.Option(help="Edge of the cubes the network sees.")] = 64,
     core_size: Annotated[int, typer.Option(help="Edge of the kept centre of each cube.")] = 50,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.", min=1)] = None,
@@ -77,6 +81,9 @@ def enhance_cmd(
             raise ConfigError("give either -o OUTPUT (one map) or --output-dir DIR")
         if output_path is not None and len(paths) != 1:
             raise ConfigError(f"-o takes one INPUT but {len(paths)} were given; use --output-dir")
+        several_devices = "," in device or device.strip().lower() == "cuda:all"
+        if output_path is not None and several_devices:
+            raise ConfigError("several devices share out many maps: use --output-dir")
         if half2 is not None and len(paths) != 1:
             raise ConfigError("--half2 pairs with exactly one INPUT (half map 1)")
         if output_path is not None:
