@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def random_checkpoint(path: Path, base_channels: int = 32, seed: int = 0) -> Path:
-    """A randomly initialised paper-shaped network (same arithmetic as a trained one)."""
+def random_checkpoint(path: Path, base_channels: int = 32, seed: int = 0,
+                      config=None) -> Path:
+    """A randomly initialised network (same arithmetic as a trained one): ``config``, or the
+    paper's shape with ``base_channels``."""
     import torch
 
     from cryosamu_cli.model import UNetConfig
@@ -14,4 +16,5 @@ def random_checkpoint(path: Path, base_channels: int = 32, seed: int = 0) -> Pat
     from cryosamu_cli.weights import save_checkpoint
 
     torch.manual_seed(seed)
-    return save_checkpoint(path, UNet3D.from_config(UNetConfig(base_channels=base_channels)))
+    config = config or UNetConfig(base_channels=base_channels)
+    return save_checkpoint(path, UNet3D.from_config(config))

@@ -1,21 +1,30 @@
-"""Enhance speed and memory on synthetic maps: seconds per cube, cubes/s, skipped cubes, peak RSS.
+"""Enhance speed: the plain fp32 path against the optimised default, on the same maps.
 
-Each map size runs in its own process so that peak RSS belongs to that size alone.
+For each map size (default 128³ and 256³, synthetic, 1 Å/voxel) two runs, each in its own
+process so that peak RSS belongs to it alone:
 
-    python benchmarks/enhance_speed.py                      # 128³ and 256³, paper-sized model
-    python benchmarks/enhance_speed.py --sizes 128 --base-channels 16 --device cpu
-    python benchmarks/enhance_speed.py --weights my.pt --batch-size 8 --device cuda:0
+* ``plain``: fp32, batch of 1, contiguous (NCDHW) layout, every cube run (no skipping);
+* ``optimised``: what ``cryosamu enhance`` does by default (``--precision auto``,
+  ``--batch-size auto``, channels-last 3D, cubes without density skipped).
 
-Without ``--weights`` a randomly initialised network of the requested size is timed (the
-arithmetic is the same as a trained one's). The synthetic map is smooth density inside a sphere
-of 0.4 × the box edge with zeros outside (like a masked map), at 1 Å/voxel.
+Printed per run: cubes run/skipped, seconds per cube run, end-to-end seconds, the network's
+achieved GFLOP/s (torch's FLOP count of one cube × cubes run / network seconds), peak RSS; per
+size: the end-to-end speed-up and the optimised output's max absolute difference and
+correlation with the plain fp32 output. Once per run of the script: this machine's fp32 and
+bf16 matmul rates (4096², best of 3), measured in the same run, and their ratio.
+
+    python benchmarks/enhance_speed.py                     # shipped model, 128³ and 256³
+    python benchmarks/enhance_speed.py --sizes 128 --random paper   # a random paper-sized net
+    python benchmarks/enhance_speed.py --weights my.pt --device cuda:0
+
+The synthetic map is smooth density inside a sphere of 0.4 × the box edge with zeros outside
+(like a masked map).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import random_checkpoint  # noqa: E402
+
+PATHS = ("plain", "optimised")
 
 
 def synthetic_map(edge: int, seed: int = 0) -> np.ndarray:
@@ -40,57 +51,137 @@ def synthetic_map(edge: int, seed: int = 0) -> np.ndarray:
     return np.where(inside, volume, 0.0).astype(np.float32)
 
 
+def matmul_gflops(dtype_name: str, size: int = 4096, repeats: int = 3) -> float:
+    """Best-of-``repeats`` rate of a ``size``² matrix product in this dtype, in GFLOP/s."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a = torch.randn(size, size).to(dtype)
+    a @ a
+    best = min(_seconds(lambda: a @ a) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+def _seconds(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def plain_enhancer(weights: Path, device: str):
+    """The straightforward path: fp32, batch 1, NCDHW layout, no cube skipped."""
+    from cryosamu_cli.device import resolve_device
+    from cryosamu_cli.enhance import Enhancer
+    from cryosamu_cli.weights import load_model
+
+    torch_device = resolve_device(device)
+    model = load_model(weights).to(torch_device)
+    return Enhancer(model, torch_device, weights, batch_size=1, skip_threshold=-1.0,
+                    precision=None)
+
+
 def run_one(args: argparse.Namespace) -> dict:
-    """Enhance one synthetic map in this process and return its figures."""
-    from cryosamu_cli.enhance import enhance_map
+    """Enhance the synthetic map along one path, in this process; write the output map."""
+    from cryosamu_cli.benchmark import flops_per_cube, peak_rss_MiB, reset_peak_memory
+    from cryosamu_cli.enhance import enhance_map, load_enhancer
     from cryosamu_cli.mapio import GridInfo, write_map
 
-    edge = args.single
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        grid = GridInfo((edge,) * 3, (1.0,) * 3, (0.0,) * 3, (0, 0, 0), (float(edge),) * 3,
-                        (90.0,) * 3, (edge,) * 3, (1, 2, 3), 1)
-        source = write_map(tmp / "in.mrc", synthetic_map(edge), grid)
-        weights = args.weights or random_checkpoint(tmp / "random.pt", args.base_channels)
-        started = time.perf_counter()
-        result = enhance_map(input_path=source, output_path=tmp / "out.mrc", weights=weights,
-                             device=args.device, batch_size=args.batch_size, threads=args.threads)
-        seconds = time.perf_counter() - started
-    return {"edge": edge, "device": result.device, "batch_size": args.batch_size,
-            "cubes_total": result.cubes_total, "cubes_run": result.cubes_run,
-            "cubes_skipped": result.cubes_skipped, "seconds": round(seconds, 2),
-            "seconds_per_cube": round(seconds / max(result.cubes_run, 1), 3),
-            "cubes_per_s": round(result.cubes_run / seconds, 3),
-            "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "map_MiB": round(edge ** 3 * 4 / 2 ** 20, 1)}
+    edge, folder = args.single, Path(args.folder)
+    grid = GridInfo((edge,) * 3, (1.0,) * 3, (0.0,) * 3, (0, 0, 0), (float(edge),) * 3,
+                    (90.0,) * 3, (edge,) * 3, (1, 2, 3), 1)
+    source = folder / f"in_{edge}.mrc"
+    if not source.exists():
+        write_map(source, synthetic_map(edge), grid)
+    if args.path == "plain":
+        enhancer = plain_enhancer(Path(args.weights), args.device)
+    else:
+        enhancer = load_enhancer(weights=args.weights, device=args.device)
+    gflop = flops_per_cube(enhancer.model, enhancer.cube_size, enhancer.device) / 1e9
+    reset_peak_memory(enhancer.device)
+    started = time.perf_counter()
+    result = enhance_map(input_path=source, output_path=folder / f"{args.path}_{edge}.mrc",
+                         force=True, enhancer=enhancer)
+    seconds = time.perf_counter() - started
+    network = result.stage_seconds.get("network", seconds)
+    return {"path": args.path, "edge": edge, "device": result.device,
+            "precision": enhancer.precision_name, "batch_size": enhancer.batch_size,
+            "cubes_run": result.cubes_run, "cubes_skipped": result.cubes_skipped,
+            "seconds": round(seconds, 2), "seconds_per_cube": round(network / result.cubes_run, 3),
+            "gflop_per_cube": round(gflop, 1),
+            "achieved_gflops": round(gflop * result.cubes_run / network, 1),
+            "peak_rss_MiB": round(peak_rss_MiB(), 1), "map_MiB": round(edge ** 3 * 4 / 2 ** 20, 1)}
+
+
+def compare_outputs(folder: Path, edge: int) -> tuple[float, float]:
+    """Max |optimised − plain| (relative to the plain map's range) and their correlation."""
+    from cryosamu_cli.mapio import read_map
+
+    plain = read_map(folder / f"plain_{edge}.mrc")[0].ravel()
+    optimised = read_map(folder / f"optimised_{edge}.mrc")[0].ravel()
+    max_abs = float(np.abs(optimised - plain).max() / (plain.max() - plain.min()))
+    return max_abs, float(np.corrcoef(plain, optimised)[0, 1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="128,256", help="Map edges in voxels, comma-separated.")
-    parser.add_argument("--weights", default=None)
-    parser.add_argument("--base-channels", type=int, default=32)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--weights", default=None, help="Checkpoint (default: the shipped model).")
+    parser.add_argument("--random", default=None, choices=["paper", "light"],
+                        help="Time a randomly initialised network of this preset instead.")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single is not None:
         print(json.dumps(run_one(args)))
         return
-    passthrough = ["--base-channels", str(args.base_channels), "--device", args.device,
-                   "--batch-size", str(args.batch_size)]
-    passthrough += ["--weights", args.weights] if args.weights else []
-    passthrough += ["--threads", str(args.threads)] if args.threads else []
-    print(f"{'edge':>5} {'device':>7} {'cubes':>6} {'run':>5} {'skip':>5} {'s/cube':>8} "
-          f"{'cubes/s':>8} {'total s':>8} {'map MiB':>8} {'peak RSS MiB':>13}")
-    for edge in (int(s) for s in args.sizes.split(",")):
-        out = subprocess.run([sys.executable, __file__, *passthrough, "--single", str(edge)],
-                             capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['edge']:>5} {r['device']:>7} {r['cubes_total']:>6} {r['cubes_run']:>5} "
-              f"{r['cubes_skipped']:>5} {r['seconds_per_cube']:>8} {r['cubes_per_s']:>8} "
-              f"{r['seconds']:>8} {r['map_MiB']:>8} {r['peak_rss_MiB']:>13}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        weights = _weights(args, folder)
+        print(f"weights: {weights}")
+        rates = {name: matmul_gflops(name) for name in ("fp32", "bf16")}
+        print(f"matmul 4096²: fp32 {rates['fp32']:.1f} GFLOP/s, bf16 {rates['bf16']:.1f} "
+              f"GFLOP/s, bf16/fp32 {rates['bf16'] / rates['fp32']:.2f}")
+        print(f"{'edge':>5} {'path':>10} {'prec':>5} {'batch':>5} {'run':>4} {'skip':>4} "
+              f"{'s/cube':>7} {'total s':>8} {'GFLOP/s':>8} {'%fp32mm':>7} {'%bf16mm':>7} "
+              f"{'RSS MiB':>8} {'map MiB':>7}")
+        for edge in (int(s) for s in args.sizes.split(",")):
+            runs = {path: _run_path(path, edge, weights, args.device, folder) for path in PATHS}
+            for r in runs.values():
+                print(f"{r['edge']:>5} {r['path']:>10} {r['precision']:>5} {r['batch_size']:>5} "
+                      f"{r['cubes_run']:>4} {r['cubes_skipped']:>4} {r['seconds_per_cube']:>7} "
+                      f"{r['seconds']:>8} {r['achieved_gflops']:>8} "
+                      f"{100 * r['achieved_gflops'] / rates['fp32']:>6.0f}% "
+                      f"{100 * r['achieved_gflops'] / rates['bf16']:>6.0f}% "
+                      f"{r['peak_rss_MiB']:>8} {r['map_MiB']:>7}", flush=True)
+            max_abs, correlation = compare_outputs(folder, edge)
+            speedup = runs["plain"]["seconds"] / runs["optimised"]["seconds"]
+            print(f"{edge:>5} optimised vs plain: {speedup:.2f}× faster end to end; output "
+                  f"correlation {correlation:.6f}, max |difference| {max_abs:.2e} of the range",
+                  flush=True)
+
+
+def _weights(args: argparse.Namespace, folder: Path) -> str:
+    """The checkpoint to time: ``--weights``, a random network, or the shipped default."""
+    if args.weights:
+        return args.weights
+    if args.random:
+        from cryosamu_cli.model.config import preset_config
+
+        return str(random_checkpoint(folder / "random.pt", config=preset_config(args.random)))
+    from cryosamu_cli.weights import resolve_weights
+
+    return str(resolve_weights())
+
+
+def _run_path(path: str, edge: int, weights: str, device: str, folder: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--single", str(edge), "--path", path,
+                          "--folder", str(folder), "--weights", weights, "--device", device],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{path} run of {edge}³ failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

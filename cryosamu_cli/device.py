@@ -72,4 +72,5 @@ def bf16_is_faster_on_cpu(repeats: int = 3) -> bool:
                 layer(data)
                 timings.append(time.perf_counter() - started)
             best[dtype] = min(timings)
-    return best[torch.bfloat16] < 0.9 * best[torch.float32]
+    # bf16 costs accuracy (output correlation with fp32 about 0.997): only a clear gain pays
+    return best[torch.bfloat16] < 0.75 * best[torch.float32]
