@@ -15,14 +15,14 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
 from cryosamu_cli import download
-from cryosamu_cli.atomic import atomic_target
+from cryosamu_cli.atomic import atomic_target, write_text_atomic
 from cryosamu_cli.errors import ConfigError, WeightsError
 
 CHECKPOINT_FORMAT = 1
@@ -216,6 +216,34 @@ def save_checkpoint(path: str | os.PathLike, model: Any, extra: dict[str, Any] |
     with atomic_target(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def register_weights(*, checkpoint: str | os.PathLike, name: str, description: str = "",
+                     url: str = "", make_default: bool = False,
+                     folder: str | os.PathLike | None = None) -> WeightsEntry:
+    """Add a trained checkpoint to a weights folder (default: the shipped one) and its manifest.
+
+    The network is loaded (so a broken checkpoint is refused), saved again as a bare format-1
+    checkpoint (config and weights only: no optimiser state) as ``<name>.pt``, and listed with
+    its SHA-256, size and config; ``make_default`` makes it the model ``enhance`` uses.
+
+    Raises:
+        WeightsError: Unreadable checkpoint or manifest.
+    """
+    folder = Path(folder) if folder is not None else shipped_weights_dir()
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
+        "format": 1, "default": None, "models": {}}
+    model = load_model(checkpoint)
+    target = save_checkpoint(folder / f"{name}.pt", model)
+    entry = WeightsEntry(name=name, file=target.name, url=url, sha256=sha256_of(target),
+                         size=target.stat().st_size, config=model.config.to_dict(),
+                         description=description)
+    manifest["models"][name] = {k: v for k, v in asdict(entry).items() if k != "name"}
+    if make_default:
+        manifest["default"] = name
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    return entry
 
 
 def load_model(path: str | os.PathLike) -> Any:

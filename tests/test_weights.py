@@ -146,3 +146,34 @@ def test_the_default_model_ships_intact_and_loads(monkeypatch, tmp_path):
     assert path.stat().st_size == entry.size and weights.sha256_of(path) == entry.sha256
     model = weights.load_model(path)  # weights_only=True inside
     assert model.config == UNetConfig.from_dict(entry.config)
+
+
+def test_weights_add_ships_a_bare_checkpoint_that_becomes_the_default(
+        tiny_checkpoint, tmp_path, monkeypatch):
+    import json
+
+    import torch
+    from typer.testing import CliRunner
+
+    from cryosamu_cli.cli.app import app
+
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    monkeypatch.setattr(weights, "shipped_weights_dir", lambda: folder)
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["weights", "add", str(tiny_checkpoint), "--name", "tiny-v1",
+                                      "--description", "a tiny test net", "--default"])
+    assert result.exit_code == 0, result.output
+    manifest = weights.load_manifest()
+    entry = manifest.get()
+    assert manifest.default == "tiny-v1" and entry.file == "tiny-v1.pt"
+    path = weights.resolve_weights()  # found in the shipped folder, checksum and size match
+    assert path == folder / "tiny-v1.pt" and weights.sha256_of(path) == entry.sha256
+    assert set(torch.load(path, weights_only=True)) == {"format", "config", "state_dict"}
+    original, shipped = weights.load_model(tiny_checkpoint), weights.load_model(path)
+    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(),
+                                                 shipped.state_dict().values()))
+    assert json.loads((folder / "manifest.json").read_text())["models"]["tiny-v1"]["config"] \
+        == original.config.to_dict()
+    bad = CliRunner().invoke(app, ["weights", "add", str(tmp_path / "nope.pt"), "--name", "x"])
+    assert bad.exit_code == 1 and "Error:" in bad.output

@@ -1,7 +1,8 @@
-"""``cryosamu weights list | download | verify``."""
+"""``cryosamu weights list | download | verify | add``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -55,3 +56,27 @@ def verify_cmd() -> None:
             console.print(f"{entry.name}: {path}: {status}")
     if corrupt:
         raise typer.Exit(code=1)
+
+
+@app.command("add", epilog=epilog("cryosamu weights add runs/light/best.pt --name "
+                                  "cryosamu-light-v1 --default"))
+def add_cmd(
+    checkpoint: Annotated[Path, typer.Argument(dir_okay=False, help="A trained checkpoint "
+                                               "(e.g. a train run's best.pt).")],
+    name: Annotated[str, typer.Option(help="Registry name; the file becomes <name>.pt.")],
+    description: Annotated[str, typer.Option(help="One line for `weights list`.")] = "",
+    url: Annotated[str, typer.Option(help="Download address (empty: ships in the "
+                                     "package only).")] = "",
+    default: Annotated[bool, typer.Option("--default", help="Make it enhance's "
+                                          "default.")] = False,
+    folder: Annotated[Optional[Path], typer.Option(file_okay=False, help="Weights folder "
+                                                   "(default: the shipped one).")] = None,
+) -> None:
+    """Add a trained checkpoint to the weights folder and its manifest (maintainers)."""
+    from cryosamu_cli import weights as weights_lib
+
+    with user_errors():
+        entry = weights_lib.register_weights(checkpoint=checkpoint, name=name,
+                                             description=description, url=url,
+                                             make_default=default, folder=folder)
+    console.print(f"{entry.name}: {entry.file}, {entry.size} bytes, sha256 {entry.sha256}")
