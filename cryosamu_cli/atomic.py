@@ -14,17 +14,29 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; move it onto ``path`` if the block succeeds.
 
     Whatever happens inside the block, no partial file is left and an existing ``path`` is only
-    replaced by a complete new file.
+    replaced by a complete new file. The new file gets the permissions of the file it replaces,
+    or those a plain ``open()`` would give (``0o666`` less the umask), not ``mkstemp``'s 0600.
     """
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     os.close(fd)
     try:
         yield Path(tmp_name)
+        os.chmod(tmp_name, _mode_for(path))
         os.replace(tmp_name, path)
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+
+
+def _mode_for(path: Path) -> int:
+    """Permission bits for a new file at ``path``."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -167,3 +167,21 @@ def test_memory_mapped_reading_hands_back_an_independent_copy(tmp_path):
     assert data.flags.owndata and data.flags.writeable and data.dtype == np.float32
     path.unlink()  # the mapping is closed: the array lives on without the file
     assert np.allclose(data, volume)
+
+
+def test_written_files_get_ordinary_permissions_and_keep_a_replaced_files(tmp_path):
+    import os
+
+    from cryosamu_cli.atomic import write_text_atomic
+
+    old_umask = os.umask(0o022)
+    try:
+        new = write_text_atomic(tmp_path / "new.txt", "x")
+        assert new.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+        shared = tmp_path / "shared.txt"
+        shared.write_text("old")
+        shared.chmod(0o664)
+        write_text_atomic(shared, "new")
+        assert shared.stat().st_mode & 0o777 == 0o664 and shared.read_text() == "new"
+    finally:
+        os.umask(old_umask)
