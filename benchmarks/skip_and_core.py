@@ -91,9 +91,9 @@ def whole_map(enhancer, volume: np.ndarray) -> tuple[np.ndarray, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=None)
-    parser.add_argument("--thresholds", default="0,0.05,0.1,0.15,0.2,0.3")
+    parser.add_argument("--thresholds", default="0,0.05,0.1,0.2")
     parser.add_argument("--network-maps", default="emd_1461.mrc,emd_5168.map,emd_6824.mrc")
-    parser.add_argument("--cores", default="24,32,40,50,56")
+    parser.add_argument("--cores", default="32,40,50,56")
     parser.add_argument("--core-maps", default="emd_5168_monomer.mrc,emd_1461.mrc")
     args = parser.parse_args()
     if not SHARED.is_dir():

@@ -39,7 +39,7 @@ class WeightsEntry:
     """One pretrained model of the manifest.
 
     Attributes:
-        name: Registry name, e.g. ``cryosamu-preview``.
+        name: Registry name, e.g. ``cryosamu-light-v1``.
         file: File name in the cache and in the shipped folder.
         url: Where to download it from ("" for a model that only ships inside the package;
             ``$CRYOSAMU_WEIGHTS_URL/<file>`` overrides it, for mirrors).

@@ -30,7 +30,7 @@ def list_cmd() -> None:
     console.print(table if manifest.entries else "No pretrained models are listed in this version.")
 
 
-@app.command("download", epilog=epilog("cryosamu weights download cryosamu-preview"))
+@app.command("download", epilog=epilog("cryosamu weights download cryosamu-light-v1"))
 def download_cmd(name: Annotated[Optional[str], typer.Argument(
         help="Model name (default: the default model).")] = None) -> None:
     """Download a pretrained model into the cache (checksummed)."""
