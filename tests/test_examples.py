@@ -39,3 +39,36 @@ def test_example_is_deterministic_and_shows_the_helices(tmp_path):
     path = examples.write_example_map(tmp_path / "ex.mrc")
     data, read_grid = mapio.read_map(path)
     assert np.allclose(data, a) and read_grid.origin_A == pytest.approx(examples.EXAMPLE_ORIGIN_XYZ)
+
+
+def test_quickstart_with_the_shipped_model_moves_the_example_towards_its_atomic_density(
+        tmp_path, monkeypatch):
+    """The README quickstart, with no --weights: the default model is found in the package,
+    the output lies on the example's grid, and it correlates better than the noisy 6 Å input
+    with the 2 Å eq. 1 density of the bundle's atoms (the network's training target)."""
+    from typer.testing import CliRunner
+
+    from cryosamu_cli.cli.app import app
+    from cryosamu_cli.weights import CACHE_ENV, OFFLINE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(OFFLINE_ENV, "1")
+    runner = CliRunner()
+    assert runner.invoke(app, ["example", "-o", str(tmp_path / "ex.mrc")]).exit_code == 0
+    result = runner.invoke(app, ["enhance", str(tmp_path / "ex.mrc"), "-o",
+                                 str(tmp_path / "out.mrc")])
+    assert result.exit_code == 0, result.output
+    noisy, grid = mapio.read_map(tmp_path / "ex.mrc")
+    enhanced, out_grid = mapio.read_map(tmp_path / "out.mrc")
+    assert out_grid.shape_zyx == grid.shape_zyx and out_grid.origin_A == grid.origin_A
+    extent = [n * examples.EXAMPLE_VOXEL_A for n in examples.EXAMPLE_SHAPE_ZYX[::-1]]
+    centre = tuple(o + e / 2 for o, e in zip(examples.EXAMPLE_ORIGIN_XYZ, extent))
+    coords, numbers = examples.helix_bundle_atoms(centre)
+    atomic = simulate_density(coords, numbers, examples.EXAMPLE_SHAPE_ZYX,
+                              (examples.EXAMPLE_VOXEL_A,) * 3, examples.EXAMPLE_ORIGIN_XYZ, 2.0)
+
+    def cc(a, b):
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1]
+
+    # measured with cryosamu-light-v1: 0.335 for the input, 0.418 for the enhanced map
+    assert cc(enhanced, atomic) > cc(noisy, atomic) + 0.05
