@@ -24,31 +24,25 @@ from pathlib import Path
 import numpy as np
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SUFFIXES = (".mrc", ".map", ".ccp4")
 
 
-def all_maps() -> list[Path]:
-    """Every map file under ``../shared/data`` that enhance accepts."""
+def usable_volumes() -> dict[str, np.ndarray]:
+    """Every map under ``../shared/data`` that enhance accepts, read once, as the network sees
+    it: resampled to 1 Å and normalised."""
+    from cryosamu_cli import grid, mapio
     from cryosamu_cli.errors import CryosamuError
-    from cryosamu_cli.mapio import read_map
 
-    suffixes = (".mrc", ".map", ".ccp4")
-    usable = []
-    for path in sorted(p for p in SHARED.rglob("*") if p.suffix.lower() in suffixes):
+    volumes = {}
+    for path in sorted(p for p in SHARED.rglob("*") if p.suffix.lower() in SUFFIXES):
         try:
-            read_map(path)
-            usable.append(path)
+            data, info = mapio.read_map(path)
         except CryosamuError as exc:
             print(f"left out: {exc}")
-    return usable
-
-
-def normalised_1A(path: Path) -> np.ndarray:
-    """The map as ``cryosamu enhance`` gives it to the network: 1 Å, normalised."""
-    from cryosamu_cli import grid, mapio
-
-    data, info = mapio.read_map(path)
-    on_1A = grid.resample_to_spacing(data, info.voxel_size_zyx)
-    return grid.normalise(on_1A, grid.normalisation_of(on_1A))
+            continue
+        on_1A = grid.resample_to_spacing(data, info.voxel_size_zyx)
+        volumes[path.name] = grid.normalise(on_1A, grid.normalisation_of(on_1A))
+    return volumes
 
 
 def skipped_fraction(volume: np.ndarray, threshold: float, core_size: int = 50) -> tuple[int, float]:
@@ -101,7 +95,7 @@ def main() -> None:
     from cryosamu_cli.enhance import load_enhancer
 
     thresholds = [float(t) for t in args.thresholds.split(",")]
-    volumes = {p.name: normalised_1A(p) for p in all_maps()}
+    volumes = usable_volumes()
     print("skipped fraction of cubes (core 50) by threshold:")
     print(f"{'map':>32} {'1 Å shape':>16} {'cubes':>6} " + " ".join(f"{t:>6}" for t in thresholds))
     for name, volume in volumes.items():

@@ -9,9 +9,9 @@ Nothing here knows about torch.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 

@@ -228,12 +228,13 @@ def register_weights(*, checkpoint: str | os.PathLike, name: str, description: s
     its SHA-256, size and config; ``make_default`` makes it the model ``enhance`` uses.
 
     Raises:
-        WeightsError: Unreadable checkpoint or manifest.
+        WeightsError: Missing folder, unreadable checkpoint or manifest.
     """
     folder = Path(folder) if folder is not None else shipped_weights_dir()
+    if not folder.is_dir():
+        raise WeightsError(f"weights folder not found: {folder}")
     manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
-        "format": 1, "default": None, "models": {}}
+    manifest = _raw_manifest(manifest_path)
     model = load_model(checkpoint)
     target = save_checkpoint(folder / f"{name}.pt", model)
     entry = WeightsEntry(name=name, file=target.name, url=url, sha256=sha256_of(target),
@@ -244,6 +245,18 @@ def register_weights(*, checkpoint: str | os.PathLike, name: str, description: s
         manifest["default"] = name
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return entry
+
+
+def _raw_manifest(path: Path) -> dict[str, Any]:
+    """The manifest file as a dictionary (an empty one when there is none yet).
+
+    Raises:
+        WeightsError: The file exists but is not a manifest.
+    """
+    if not path.is_file():
+        return {"format": 1, "default": None, "models": {}}
+    load_manifest(path)  # refuses a malformed file with a WeightsError
+    return json.loads(path.read_text())
 
 
 def load_model(path: str | os.PathLike) -> Any:

@@ -177,3 +177,10 @@ def test_weights_add_ships_a_bare_checkpoint_that_becomes_the_default(
         == original.config.to_dict()
     bad = CliRunner().invoke(app, ["weights", "add", str(tmp_path / "nope.pt"), "--name", "x"])
     assert bad.exit_code == 1 and "Error:" in bad.output
+    (folder / "manifest.json").write_text("{not json")
+    broken = CliRunner().invoke(app, ["weights", "add", str(tiny_checkpoint), "--name", "y"])
+    assert broken.exit_code == 1 and "cannot read weights manifest" in broken.output
+    assert not (folder / "y.pt").exists()
+    nowhere = CliRunner().invoke(app, ["weights", "add", str(tiny_checkpoint), "--name", "z",
+                                       "--folder", str(tmp_path / "missing")])
+    assert nowhere.exit_code == 1 and "weights folder not found" in nowhere.output
