@@ -25,14 +25,15 @@ from scipy import ndimage
 from cryosamu_cli import grid as grid_ops
 from cryosamu_cli import mapio, metrics, tiling
 from cryosamu_cli.atomic import write_text_atomic
-from cryosamu_cli.device import resolve_device, resolve_precision
+from cryosamu_cli.device import keep_freed_memory_for_reuse, resolve_device, resolve_precision
 from cryosamu_cli.errors import ConfigError, CryosamuError, DeviceError, OutputError
 from cryosamu_cli.weights import DownloadProgress, load_model, resolve_weights
 
 # Cubes whose normalised input never exceeds 5 % of the 99.9th percentile are solvent (or
-# masked out): not run, output 0. Measured with benchmarks/skip_and_core.py: it skips 30-49 %
-# of the cubes of masked real maps and leaves the output inside the molecule unchanged
-# (correlation 1.0000 with the no-skip output on emd_6824 and emd_1461); 0.2 changes it.
+# masked out): not run; their core gets the network's output for an empty cube. Measured with
+# benchmarks/skip_and_core.py: it skips 30-49 % of the cubes of masked real maps and leaves the
+# output inside the molecule unchanged (correlation 1.0000 with the no-skip output on emd_6824
+# and emd_1461); 0.2 changes it.
 DEFAULT_SKIP_THRESHOLD = 0.05
 MASK_MODES = ("enhance-inside", "keep-inside")
 FSC_THRESHOLD = 0.143
@@ -147,6 +148,8 @@ def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "au
     torch_device = resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
     _set_threads(threads)
+    if torch_device.type == "cpu":
+        keep_freed_memory_for_reuse()
     weights_path = resolve_weights(weights, progress=download_progress)
     # channels-last 3D: about 6 % faster convolutions on CPU (oneDNN), same results
     model = load_model(weights_path).to(torch_device, memory_format=torch.channels_last_3d)

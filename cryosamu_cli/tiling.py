@@ -3,8 +3,10 @@
 A volume ``[z, y, x]`` is zero-padded and cut into overlapping ``cube_size``³ cubes whose
 central ``core_size``³ cores tile the volume without gaps; only the cores of the network's
 outputs are stitched back. Cubes whose input has no density above ``skip_threshold`` are not
-run: their core is zero in the output. The first cube runs alone and is timed, for an estimate
-of the whole run; the others go to the network ``batch_size`` at a time, so
+run: their core gets the network's output for one all-zero cube, computed once. That is what
+running an exactly empty cube gives (the network answers solvent with a small fixed pattern,
+not zeros), and close to what a nearly empty one gives. The first cube runs alone and is timed,
+for an estimate of the whole run; the others go to the network ``batch_size`` at a time, so
 memory holds the volume, the output and one batch, whatever the number of cubes. Nothing here
 knows about torch: the network is any callable from a ``(B, n, n, n)`` array to one of the
 same shape.
@@ -120,7 +122,8 @@ def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = 64
         cube_size: Edge ``n`` of the cubes given to ``predict``.
         core_size: Edge of the kept central part of each output cube.
         batch_size: Cubes per call of ``predict``.
-        skip_threshold: Cubes whose input maximum is at or below this are not run (output 0).
+        skip_threshold: Cubes whose input maximum is at or below this are not run; their core
+            gets the output of one all-zero cube.
         run_mask: Optional boolean volume: cubes whose core holds no true voxel are not run.
         progress: Called as ``progress(cubes_done, cubes_to_run)``, first with 0 done.
         on_estimate: Called once as ``on_estimate(cubes_to_run, seconds_per_cube)`` after the
@@ -152,9 +155,15 @@ def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = 64
         done += len(batch_indices)
         if progress is not None:
             progress(done, len(to_run))
-    if output is None:
-        output = np.zeros(volume.shape, dtype=np.float32)
-    return output, TilingStats(plan.n_cubes, len(to_run), plan.n_cubes - len(to_run), network_s)
+    skipped = sorted(set(plan.cube_indices()) - set(to_run))
+    if skipped:
+        started = time.perf_counter()
+        empty = predict(np.zeros((1,) + (cube_size,) * 3, dtype=np.float32))
+        network_s += time.perf_counter() - started
+        if output is None:
+            output = np.zeros(empty.shape[1:-3] + volume.shape, dtype=np.float32)
+        _stitch(output, np.broadcast_to(empty, (len(skipped),) + empty.shape[1:]), skipped, plan)
+    return output, TilingStats(plan.n_cubes, len(to_run), len(skipped), network_s)
 
 
 def _cubes_to_run(plan: CubePlan, padded: np.ndarray, skip_threshold: float,

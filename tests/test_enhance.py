@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import mrcfile
 import numpy as np
 import pytest
@@ -184,3 +189,47 @@ def test_auto_batch_size_fits_free_memory_and_is_two_on_a_cpu(tiny_checkpoint):
     assert enhancer.batch_size == enhance.CPU_BATCH_SIZE
     assert enhance.load_enhancer(weights=tiny_checkpoint, device="cpu",
                                  batch_size=5).batch_size == 5
+
+
+def test_skipped_empty_cubes_get_what_the_network_gives_an_empty_cube(tiny_checkpoint):
+    from cryosamu_cli import tiling
+    from cryosamu_cli.weights import load_model
+
+    predictor = enhance.NetworkPredictor(load_model(tiny_checkpoint), torch.device("cpu"))
+    volume = np.zeros((70, 40, 40), np.float32)
+    volume[5:30, 5:30, 5:30] = np.abs(smooth_volume((25, 25, 25), seed=3))
+    # batches of one: GroupNorm of a constant input amplifies rounding by 1/sqrt(eps), so an
+    # empty cube's output depends on the batch it runs in, not only on the cube
+    kwargs = dict(cube_size=32, core_size=24, batch_size=1)
+    skipping, stats = tiling.enhance_tiled(volume, predictor, skip_threshold=0.0, **kwargs)
+    running_all, _ = tiling.enhance_tiled(volume, predictor, skip_threshold=-1.0, **kwargs)
+    assert stats.cubes_skipped > 0 and stats.cubes_run > 0
+    assert np.abs(running_all[40:]).min() > 0  # the untrained network answers zeros with bias
+    assert np.array_equal(skipping, running_all)
+
+
+_PAGE_FAULTS_OF_A_REUSED_TENSOR = """
+import resource, sys, torch
+from cryosamu_cli.device import keep_freed_memory_for_reuse
+if sys.argv[1] == "reuse":
+    assert keep_freed_memory_for_reuse()
+def faults_of_filling(n_bytes):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(n_bytes // 4).fill_(1.0)  # allocated, touched, freed
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_filling(256 << 20)
+print(faults_of_filling(256 << 20))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists() or platform.libc_ver()[0] != "glibc",
+                    reason="the malloc setting exists only in glibc (Linux)")
+def test_freed_activations_are_reused_without_new_page_faults():
+    def second_fill_faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _PAGE_FAULTS_OF_A_REUSED_TENSOR, mode],
+                             capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    pages = (256 << 20) // 4096
+    assert second_fill_faults("default") > pages // 2  # fresh zero-filled pages every time
+    assert second_fill_faults("reuse") < pages // 100  # the freed memory is used again

@@ -41,6 +41,32 @@ def test_forward_keeps_the_cube_shape_with_and_without_structure(tiny_config):
         assert torch.equal(model(x), plain)  # eval mode is deterministic
 
 
+def per_head_linear_attention(module: LinearAttention3D, x: torch.Tensor) -> torch.Tensor:
+    """The layer written head by head from its definition (queries softmax-normalised over
+    a head's channels, keys over the voxels, context = keysᵀ·values, output = queries·context)."""
+    b, _, d, h, w = x.shape
+    qkv = module.to_qkv(module.norm(x)).reshape(b, 3, module.heads, module.head_dim, d * h * w)
+    q, k, v = qkv.unbind(1)
+    q = q.softmax(dim=2) * module.scale
+    k = k.softmax(dim=3)
+    context = torch.einsum("bhdn,bhen->bhde", k, v)
+    out = torch.einsum("bhde,bhdn->bhen", context, q)
+    return x + module.to_out(out.reshape(b, -1, d, h, w))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_linear_attention_equals_its_per_head_definition(layout):
+    torch.manual_seed(0)
+    module = LinearAttention3D(channels=16, heads=4, head_dim=8, groups=8)
+    x = (3 * torch.randn(2, 16, 6, 8, 10)).to(memory_format=layout)
+    fast, reference = module(x), per_head_linear_attention(module, x)
+    assert torch.allclose(fast, reference, atol=1e-5, rtol=1e-5)
+    # and it trains the same: equal gradients through the merged matrix products
+    grad = torch.autograd.grad(fast.sum(), module.to_qkv.weight)[0]
+    reference_grad = torch.autograd.grad(reference.sum(), module.to_qkv.weight)[0]
+    assert torch.allclose(grad, reference_grad, atol=1e-4, rtol=1e-4)
+
+
 def test_dropout_is_active_only_in_training(tiny_config):
     torch.manual_seed(0)
     model = UNet3D.from_config(tiny_config)

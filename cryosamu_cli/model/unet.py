@@ -37,11 +37,19 @@ class ResBlock(nn.Module):
 
 
 class LinearAttention3D(nn.Module):
-    """Multi-head linear self-attention over all voxels, cost linear in their number."""
+    """Multi-head linear self-attention over all voxels, cost linear in their number.
+
+    Queries are softmax-normalised over each head's channels, keys over the voxels; each head's
+    ``head_dim × head_dim`` context is ``keysᵀ · values``, and the output ``queries · context``.
+    The heads are computed together as two matrix products over a voxel-by-channel view of the
+    channels-last tensor, with a block-diagonal mask keeping each head to its own context, so no
+    full-size tensor is transposed (see docs/performance.md).
+    """
 
     def __init__(self, channels: int, heads: int, head_dim: int, groups: int) -> None:
         super().__init__()
         self.heads = heads
+        self.head_dim = head_dim
         self.scale = head_dim ** -0.5
         hidden = heads * head_dim
         self.norm = nn.GroupNorm(groups, channels)
@@ -50,13 +58,19 @@ class LinearAttention3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, d, h, w = x.shape
-        q, k, v = self.to_qkv(self.norm(x)).flatten(2).chunk(3, dim=1)
-        q, k, v = (t.reshape(b, self.heads, -1, d * h * w) for t in (q, k, v))
-        q = q.softmax(dim=-2) * self.scale
-        k = k.softmax(dim=-1)
-        context = torch.einsum("bhdn,bhen->bhde", k, v)
-        out = torch.einsum("bhde,bhdn->bhen", context, q)
-        return x + self.to_out(out.reshape(b, -1, d, h, w))
+        hidden = self.heads * self.head_dim
+        qkv = self.to_qkv(self.norm(x)).permute(0, 2, 3, 4, 1)  # a view when channels-last
+        q, k, v = qkv.reshape(b, d * h * w, 3 * hidden).split(hidden, dim=-1)
+        q = q.unflatten(-1, (self.heads, self.head_dim)).softmax(dim=-1).flatten(2)
+        k_exp = (k - k.amax(dim=1, keepdim=True)).exp()
+        context = torch.bmm(k_exp.transpose(1, 2), v) / k_exp.sum(dim=1).unsqueeze(-1)
+        out = torch.bmm(q, context * (self._same_head_mask(x) * self.scale))
+        return x + self.to_out(out.reshape(b, d, h, w, hidden).permute(0, 4, 1, 2, 3))
+
+    def _same_head_mask(self, like: torch.Tensor) -> torch.Tensor:
+        """``hidden × hidden`` block-diagonal ones: channel pairs within one head."""
+        block = like.new_ones(self.head_dim, self.head_dim)
+        return torch.block_diag(*[block] * self.heads)
 
 
 class CrossAttention3D(nn.Module):
