@@ -6,8 +6,9 @@ outputs are stitched back. Cubes whose input has no density above ``skip_thresho
 run: their core gets the network's output for one all-zero cube, computed once. That is what
 running an exactly empty cube gives (the network answers solvent with a small fixed pattern,
 not zeros), and close to what a nearly empty one gives. The first cube runs alone and is timed,
-for an estimate of the whole run; the others go to the network ``batch_size`` at a time, so
-memory holds the volume, the output and one batch, whatever the number of cubes. Nothing here
+for an estimate of the whole run; the others go to the network ``batch_size`` at a time, on one
+worker thread that runs a batch while the previous one is stitched, so memory holds the volume,
+the output and two batches, whatever the number of cubes. Nothing here
 knows about torch: the network is any callable from a ``(B, n, n, n)`` array to one of the
 same shape.
 """
@@ -18,6 +19,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,32 +140,81 @@ def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = 64
     plan = CubePlan(tuple(volume.shape), cube_size, core_size)
     padded = plan.pad(volume.astype(np.float32, copy=False))
     to_run = _cubes_to_run(plan, padded, skip_threshold, run_mask)
-    output = None
-    if progress is not None:
-        progress(0, len(to_run))
-    done, network_s = 0, 0.0
-    for batch_indices in _batches(to_run, batch_size):
-        batch = np.stack([padded[plan.cube_slices(idx)] for idx in batch_indices])
-        started = time.perf_counter()
-        cubes = predict(batch)
-        network_s += time.perf_counter() - started
-        if done == 0 and on_estimate is not None:
-            on_estimate(len(to_run), network_s)
-        if output is None:
-            output = np.zeros(cubes.shape[1:-3] + volume.shape, dtype=np.float32)
-        _stitch(output, cubes, batch_indices, plan)
-        done += len(batch_indices)
-        if progress is not None:
-            progress(done, len(to_run))
+    stitcher = _Stitcher(plan, len(to_run), progress, on_estimate)
+    _stream(padded, plan, to_run, batch_size, predict, stitcher)
     skipped = sorted(set(plan.cube_indices()) - set(to_run))
     if skipped:
-        started = time.perf_counter()
-        empty = predict(np.zeros((1,) + (cube_size,) * 3, dtype=np.float32))
-        network_s += time.perf_counter() - started
-        if output is None:
-            output = np.zeros(empty.shape[1:-3] + volume.shape, dtype=np.float32)
-        _stitch(output, np.broadcast_to(empty, (len(skipped),) + empty.shape[1:]), skipped, plan)
-    return output, TilingStats(plan.n_cubes, len(to_run), len(skipped), network_s)
+        empty = np.zeros((1,) + (cube_size,) * 3, dtype=np.float32)
+        stitcher.place_everywhere(*_timed(predict, empty), skipped)
+    return stitcher.result(), TilingStats(plan.n_cubes, len(to_run), len(skipped),
+                                          stitcher.network_s)
+
+
+def _stream(padded: np.ndarray, plan: CubePlan, to_run: list[tuple[int, int, int]],
+            batch_size: int, predict: Predictor, stitcher: _Stitcher) -> None:
+    """Run the batches on one worker thread, one batch ahead of the stitching: the next batch
+    is cut and submitted before the previous one is stitched, so a GPU (or CPU) is not kept
+    waiting by host-side copying."""
+    network = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryosamu-network")
+    in_flight = None
+    try:
+        for batch_indices in _batches(to_run, batch_size):
+            batch = np.stack([padded[plan.cube_slices(idx)] for idx in batch_indices])
+            submitted = (network.submit(_timed, predict, batch), batch_indices)
+            if in_flight is not None:
+                stitcher.add(*in_flight)
+            in_flight = submitted
+        if in_flight is not None:
+            stitcher.add(*in_flight)
+    finally:
+        network.shutdown(wait=True, cancel_futures=True)
+
+
+def _timed(predict: Predictor, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    """``predict(batch)`` and the seconds it took."""
+    started = time.perf_counter()
+    cubes = predict(batch)
+    return cubes, time.perf_counter() - started
+
+
+class _Stitcher:
+    """The output volume, filled with the cores of predicted batches in submission order."""
+
+    def __init__(self, plan: CubePlan, cubes_to_run: int, progress: ProgressCallback | None,
+                 on_estimate: EstimateCallback | None) -> None:
+        self.plan, self.cubes_to_run = plan, cubes_to_run
+        self.progress, self.on_estimate = progress, on_estimate
+        self.output: np.ndarray | None = None
+        self.done, self.network_s = 0, 0.0
+        if progress is not None:
+            progress(0, cubes_to_run)
+
+    def add(self, future: Future, indices: list[tuple[int, int, int]]) -> None:
+        """Wait for one batch, stitch its cores and report progress."""
+        cubes, seconds = future.result()
+        self.network_s += seconds
+        if self.done == 0 and self.on_estimate is not None:
+            self.on_estimate(self.cubes_to_run, seconds)
+        _stitch(self._output_for(cubes), cubes, indices, self.plan)
+        self.done += len(indices)
+        if self.progress is not None:
+            self.progress(self.done, self.cubes_to_run)
+
+    def place_everywhere(self, cube: np.ndarray, seconds: float,
+                         indices: list[tuple[int, int, int]]) -> None:
+        """Stitch the core of one predicted cube at every index of ``indices``."""
+        self.network_s += seconds
+        cubes = np.broadcast_to(cube, (len(indices),) + cube.shape[1:])
+        _stitch(self._output_for(cube), cubes, indices, self.plan)
+
+    def result(self) -> np.ndarray:
+        """The stitched volume (zeros where nothing was placed)."""
+        return self._output_for(np.zeros((1,) + (self.plan.cube_size,) * 3, np.float32))
+
+    def _output_for(self, cubes: np.ndarray) -> np.ndarray:
+        if self.output is None:
+            self.output = np.zeros(cubes.shape[1:-3] + self.plan.shape_zyx, dtype=np.float32)
+        return self.output
 
 
 def _cubes_to_run(plan: CubePlan, padded: np.ndarray, skip_threshold: float,

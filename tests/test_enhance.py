@@ -208,28 +208,30 @@ def test_skipped_empty_cubes_get_what_the_network_gives_an_empty_cube(tiny_check
     assert np.array_equal(skipping, running_all)
 
 
-_PAGE_FAULTS_OF_A_REUSED_TENSOR = """
+_PAGE_FAULTS_OF_A_FORWARD_PASS = """
 import resource, sys, torch
 from cryosamu_cli.device import keep_freed_memory_for_reuse
+from cryosamu_cli.weights import load_model, resolve_weights
 if sys.argv[1] == "reuse":
     assert keep_freed_memory_for_reuse()
-def faults_of_filling(n_bytes):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.empty(n_bytes // 4).fill_(1.0)  # allocated, touched, freed
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults_of_filling(256 << 20)
-print(faults_of_filling(256 << 20))
+model = load_model(resolve_weights()).eval()
+cube = torch.rand(1, 1, 64, 64, 64)
+with torch.inference_mode():
+    for _ in range(5):  # the last of five passes of the shipped network (the heap settles)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        model(cube)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/maps").exists() or platform.libc_ver()[0] != "glibc",
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc",
                     reason="the malloc setting exists only in glibc (Linux)")
 def test_freed_activations_are_reused_without_new_page_faults():
-    def second_fill_faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", _PAGE_FAULTS_OF_A_REUSED_TENSOR, mode],
+    def page_faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _PAGE_FAULTS_OF_A_FORWARD_PASS, mode],
                              capture_output=True, text=True, check=True)
         return int(out.stdout.split()[-1])
 
-    pages = (256 << 20) // 4096
-    assert second_fill_faults("default") > pages // 2  # fresh zero-filled pages every time
-    assert second_fill_faults("reuse") < pages // 100  # the freed memory is used again
+    default = page_faults("default")
+    assert default > 50_000  # fresh zero-filled pages for every large activation, every pass
+    assert page_faults("reuse") < default // 10  # the freed activations are used again

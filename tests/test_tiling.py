@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+
 import numpy as np
 import pytest
 
@@ -79,6 +82,26 @@ def test_cubes_are_streamed_in_batches_after_one_timed_cube():
     assert progress[0] == (0, 18) and progress[-1] == (18, 18) and len(progress) == 7
     assert len(estimates) == 1 and estimates[0][0] == 18 and estimates[0][1] >= 0
 
+
+
+def test_the_next_batch_runs_while_the_previous_one_is_stitched():
+    started = [threading.Event() for _ in range(6)]  # 18 cubes: batches of 1, 4, 4, 4, 4, 1
+    calls = itertools.count()
+
+    def network(batch):
+        started[next(calls)].set()
+        return batch
+
+    stitched, next_was_running = itertools.count(), []
+
+    def progress(done, total):
+        if 0 < done < total:  # batch k is stitched; batch k + 1 must be running already
+            k = next(stitched)
+            next_was_running.append(started[k + 1].wait(timeout=10))
+
+    volume = np.abs(smooth_volume((130, 110, 60))) + 0.01
+    out, _ = tiling.enhance_tiled(volume, network, batch_size=4, progress=progress)
+    assert next_was_running == [True] * 5 and np.array_equal(out, volume)
 
 def test_several_outputs_per_cube_are_stitched_alike():
     volume = np.abs(smooth_volume((70, 30, 55)))
