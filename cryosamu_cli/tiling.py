@@ -6,9 +6,9 @@ outputs are stitched back. Cubes whose input has no density above ``skip_thresho
 run: their core gets the network's output for one all-zero cube, computed once. That is what
 running an exactly empty cube gives (the network answers solvent with a small fixed pattern,
 not zeros), and close to what a nearly empty one gives. The first cube runs alone and is timed,
-for an estimate of the whole run; the others go to the network ``batch_size`` at a time, on one
-worker thread that runs a batch while the previous one is stitched, so memory holds the volume,
-the output and two batches, whatever the number of cubes. Nothing here
+for an estimate of the whole run; the others go to the network ``batch_size`` at a time, while a
+helper thread cuts the next batch and stitches the previous one, so memory holds the volume,
+the output and three batches, whatever the number of cubes. Nothing here
 knows about torch: the network is any callable from a ``(B, n, n, n)`` array to one of the
 same shape.
 """
@@ -19,7 +19,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,22 +152,32 @@ def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = 64
 
 def _stream(padded: np.ndarray, plan: CubePlan, to_run: list[tuple[int, int, int]],
             batch_size: int, predict: Predictor, stitcher: _Stitcher) -> None:
-    """Run the batches on one worker thread, one batch ahead of the stitching: the next batch
-    is cut and submitted before the previous one is stitched, so a GPU (or CPU) is not kept
-    waiting by host-side copying."""
-    network = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryosamu-network")
-    in_flight = None
+    """Run the batches through ``predict`` on this thread while a helper thread cuts the next
+    batch and stitches the previous one, so the device is not kept waiting by host-side
+    copying. (The network stays on the calling thread: torch on a second thread measured
+    about 25 % slower on CPU.)"""
+    helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryosamu-stitch")
     try:
-        for batch_indices in _batches(to_run, batch_size):
-            batch = np.stack([padded[plan.cube_slices(idx)] for idx in batch_indices])
-            submitted = (network.submit(_timed, predict, batch), batch_indices)
-            if in_flight is not None:
-                stitcher.add(*in_flight)
-            in_flight = submitted
-        if in_flight is not None:
-            stitcher.add(*in_flight)
+        batches = list(_batches(to_run, batch_size))
+        next_batch = helper.submit(_cut, padded, plan, batches[0]) if batches else None
+        stitched = None
+        for k, indices in enumerate(batches):
+            batch = next_batch.result()
+            if k + 1 < len(batches):
+                next_batch = helper.submit(_cut, padded, plan, batches[k + 1])
+            cubes, seconds = _timed(predict, batch)
+            if stitched is not None:
+                stitched.result()  # raises what stitching raised
+            stitched = helper.submit(stitcher.add, cubes, seconds, indices)
+        if stitched is not None:
+            stitched.result()
     finally:
-        network.shutdown(wait=True, cancel_futures=True)
+        helper.shutdown(wait=True, cancel_futures=True)
+
+
+def _cut(padded: np.ndarray, plan: CubePlan, indices: list[tuple[int, int, int]]) -> np.ndarray:
+    """The input cubes at ``indices``, stacked into one batch."""
+    return np.stack([padded[plan.cube_slices(idx)] for idx in indices])
 
 
 def _timed(predict: Predictor, batch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -189,9 +199,8 @@ class _Stitcher:
         if progress is not None:
             progress(0, cubes_to_run)
 
-    def add(self, future: Future, indices: list[tuple[int, int, int]]) -> None:
-        """Wait for one batch, stitch its cores and report progress."""
-        cubes, seconds = future.result()
+    def add(self, cubes: np.ndarray, seconds: float, indices: list[tuple[int, int, int]]) -> None:
+        """Stitch the cores of one predicted batch and report progress."""
         self.network_s += seconds
         if self.done == 0 and self.on_estimate is not None:
             self.on_estimate(self.cubes_to_run, seconds)

@@ -85,6 +85,7 @@ def test_cubes_are_streamed_in_batches_after_one_timed_cube():
 
 
 def test_the_next_batch_runs_while_the_previous_one_is_stitched():
+    # progress is reported by the stitching, which must not hold the network up
     started = [threading.Event() for _ in range(6)]  # 18 cubes: batches of 1, 4, 4, 4, 4, 1
     calls = itertools.count()
 
@@ -102,6 +103,7 @@ def test_the_next_batch_runs_while_the_previous_one_is_stitched():
     volume = np.abs(smooth_volume((130, 110, 60))) + 0.01
     out, _ = tiling.enhance_tiled(volume, network, batch_size=4, progress=progress)
     assert next_was_running == [True] * 5 and np.array_equal(out, volume)
+
 
 def test_several_outputs_per_cube_are_stitched_alike():
     volume = np.abs(smooth_volume((70, 30, 55)))
