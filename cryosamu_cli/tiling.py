@@ -27,6 +27,8 @@ import numpy as np
 from cryosamu_cli.errors import ConfigError
 
 Predictor = Callable[[np.ndarray], np.ndarray]
+CubeIndex = tuple[int, int, int] | None
+EMPTY_CUBE = None  # in a batch: an all-zero cube, whose output fills every skipped cube
 ProgressCallback = Callable[[int, int], None]
 EstimateCallback = Callable[[int, float], None]
 
@@ -140,17 +142,16 @@ def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = 64
     plan = CubePlan(tuple(volume.shape), cube_size, core_size)
     padded = plan.pad(volume.astype(np.float32, copy=False))
     to_run = _cubes_to_run(plan, padded, skip_threshold, run_mask)
-    stitcher = _Stitcher(plan, len(to_run), progress, on_estimate)
-    _stream(padded, plan, to_run, batch_size, predict, stitcher)
     skipped = sorted(set(plan.cube_indices()) - set(to_run))
-    if skipped:
-        empty = np.zeros((1,) + (cube_size,) * 3, dtype=np.float32)
-        stitcher.place_everywhere(*_timed(predict, empty), skipped)
+    stitcher = _Stitcher(plan, len(to_run), skipped, progress, on_estimate)
+    # the empty cube rides in the last batch, which is often not full
+    _stream(padded, plan, to_run + ([EMPTY_CUBE] if skipped else []), batch_size, predict,
+            stitcher)
     return stitcher.result(), TilingStats(plan.n_cubes, len(to_run), len(skipped),
                                           stitcher.network_s)
 
 
-def _stream(padded: np.ndarray, plan: CubePlan, to_run: list[tuple[int, int, int]],
+def _stream(padded: np.ndarray, plan: CubePlan, to_run: list[CubeIndex],
             batch_size: int, predict: Predictor, stitcher: _Stitcher) -> None:
     """Run the batches through ``predict`` on this thread while a helper thread cuts the next
     batch and stitches the previous one, so the device is not kept waiting by host-side
@@ -175,9 +176,11 @@ def _stream(padded: np.ndarray, plan: CubePlan, to_run: list[tuple[int, int, int
         helper.shutdown(wait=True, cancel_futures=True)
 
 
-def _cut(padded: np.ndarray, plan: CubePlan, indices: list[tuple[int, int, int]]) -> np.ndarray:
-    """The input cubes at ``indices``, stacked into one batch."""
-    return np.stack([padded[plan.cube_slices(idx)] for idx in indices])
+def _cut(padded: np.ndarray, plan: CubePlan, indices: list[CubeIndex]) -> np.ndarray:
+    """The input cubes at ``indices`` (zeros for :data:`EMPTY_CUBE`), stacked into one batch."""
+    empty = np.zeros((plan.cube_size,) * 3, dtype=np.float32)
+    return np.stack([empty if idx is EMPTY_CUBE else padded[plan.cube_slices(idx)]
+                     for idx in indices])
 
 
 def _timed(predict: Predictor, batch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -188,33 +191,33 @@ def _timed(predict: Predictor, batch: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 class _Stitcher:
-    """The output volume, filled with the cores of predicted batches in submission order."""
+    """The output volume, filled with the cores of predicted batches in submission order; the
+    output of :data:`EMPTY_CUBE` goes to every skipped cube."""
 
-    def __init__(self, plan: CubePlan, cubes_to_run: int, progress: ProgressCallback | None,
-                 on_estimate: EstimateCallback | None) -> None:
-        self.plan, self.cubes_to_run = plan, cubes_to_run
+    def __init__(self, plan: CubePlan, cubes_to_run: int, skipped: list[tuple[int, int, int]],
+                 progress: ProgressCallback | None, on_estimate: EstimateCallback | None) -> None:
+        self.plan, self.cubes_to_run, self.skipped = plan, cubes_to_run, skipped
         self.progress, self.on_estimate = progress, on_estimate
         self.output: np.ndarray | None = None
         self.done, self.network_s = 0, 0.0
         if progress is not None:
             progress(0, cubes_to_run)
 
-    def add(self, cubes: np.ndarray, seconds: float, indices: list[tuple[int, int, int]]) -> None:
+    def add(self, cubes: np.ndarray, seconds: float, indices: list[CubeIndex]) -> None:
         """Stitch the cores of one predicted batch and report progress."""
         self.network_s += seconds
-        if self.done == 0 and self.on_estimate is not None:
-            self.on_estimate(self.cubes_to_run, seconds)
-        _stitch(self._output_for(cubes), cubes, indices, self.plan)
-        self.done += len(indices)
-        if self.progress is not None:
+        if self.done == 0 and self.on_estimate is not None and EMPTY_CUBE not in indices:
+            self.on_estimate(self.cubes_to_run, seconds / len(indices))
+        output = self._output_for(cubes)
+        run = [i for i, idx in enumerate(indices) if idx is not EMPTY_CUBE]
+        _stitch(output, cubes[run], [indices[i] for i in run], self.plan)
+        if len(run) < len(indices):
+            empty = cubes[indices.index(EMPTY_CUBE)]
+            _stitch(output, np.broadcast_to(empty, (len(self.skipped),) + empty.shape),
+                    self.skipped, self.plan)
+        self.done += len(run)
+        if self.progress is not None and run:
             self.progress(self.done, self.cubes_to_run)
-
-    def place_everywhere(self, cube: np.ndarray, seconds: float,
-                         indices: list[tuple[int, int, int]]) -> None:
-        """Stitch the core of one predicted cube at every index of ``indices``."""
-        self.network_s += seconds
-        cubes = np.broadcast_to(cube, (len(indices),) + cube.shape[1:])
-        _stitch(self._output_for(cube), cubes, indices, self.plan)
 
     def result(self) -> np.ndarray:
         """The stitched volume (zeros where nothing was placed)."""
