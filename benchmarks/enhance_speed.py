@@ -5,11 +5,12 @@ process so that peak RSS belongs to it alone:
 
 * ``plain``: fp32, batch of 1, contiguous (NCDHW) layout, every cube run (no skipping);
 * ``optimised``: what ``cryosamu enhance`` does by default (``--precision auto``,
-  ``--batch-size auto``, channels-last 3D, cubes without density skipped).
+  ``--batch-size auto``, channels-last 3D, cubes without density skipped);
+* ``optimised-bf16`` (and the like), with ``--precisions``: the same with a forced precision.
 
 Printed per run: cubes run/skipped, seconds per cube run, end-to-end seconds, the network's
 achieved GFLOP/s (torch's FLOP count of one cube × cubes run / network seconds), peak RSS; per
-size: the end-to-end speed-up and the optimised output's max absolute difference and
+size and path: the end-to-end speed-up and the output's max absolute difference and
 correlation with the plain fp32 output. Once per run of the script: this machine's fp32 and
 bf16 matmul rates (4096², best of 3), measured in the same run, and their ratio.
 
@@ -17,6 +18,7 @@ bf16 matmul rates (4096², best of 3), measured in the same run, and their ratio
     python benchmarks/enhance_speed.py --sizes 128 --random paper   # a random paper-sized net
     python benchmarks/enhance_speed.py --weights my.pt --device cuda:0
     python benchmarks/enhance_speed.py --sizes 128 --repeats 3    # medians of 3 alternating runs
+    python benchmarks/enhance_speed.py --sizes 128 --precisions bf16   # + forced bf16 autocast
 
 The synthetic map is smooth density inside a sphere of 0.4 × the box edge with zeros outside
 (like a masked map).
@@ -96,7 +98,8 @@ def run_one(args: argparse.Namespace) -> dict:
     if args.path == "plain":
         enhancer = plain_enhancer(Path(args.weights), args.device)
     else:
-        enhancer = load_enhancer(weights=args.weights, device=args.device)
+        precision = args.path.partition("-")[2] or "auto"
+        enhancer = load_enhancer(weights=args.weights, device=args.device, precision=precision)
     gflop = flops_per_cube(enhancer.model, enhancer.cube_size, enhancer.device) / 1e9
     reset_peak_memory(enhancer.device)
     started = time.perf_counter()
@@ -113,12 +116,12 @@ def run_one(args: argparse.Namespace) -> dict:
             "peak_rss_MiB": round(peak_rss_MiB(), 1), "map_MiB": round(edge ** 3 * 4 / 2 ** 20, 1)}
 
 
-def compare_outputs(folder: Path, edge: int) -> tuple[float, float]:
-    """Max |optimised − plain| (relative to the plain map's range) and their correlation."""
+def compare_outputs(folder: Path, edge: int, path: str) -> tuple[float, float]:
+    """Max |path − plain| (relative to the plain map's range) and their correlation."""
     from cryosamu_cli.mapio import read_map
 
     plain = read_map(folder / f"plain_{edge}.mrc")[0].ravel()
-    optimised = read_map(folder / f"optimised_{edge}.mrc")[0].ravel()
+    optimised = read_map(folder / f"{path}_{edge}.mrc")[0].ravel()
     max_abs = float(np.abs(optimised - plain).max() / (plain.max() - plain.min()))
     return max_abs, float(np.corrcoef(plain, optimised)[0, 1])
 
@@ -133,7 +136,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="Runs of each path per size, alternating; the median is reported.")
     parser.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--precisions", default="",
+                        help="Also run the optimised path with these forced precisions "
+                             "(comma-separated: bf16, fp16, fp32), each compared with plain fp32.")
+    parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single is not None:
@@ -146,26 +152,28 @@ def main() -> None:
         rates = {name: matmul_gflops(name) for name in ("fp32", "bf16")}
         print(f"matmul 4096²: fp32 {rates['fp32']:.1f} GFLOP/s, bf16 {rates['bf16']:.1f} "
               f"GFLOP/s, bf16/fp32 {rates['bf16'] / rates['fp32']:.2f}")
-        print(f"{'edge':>5} {'path':>10} {'prec':>5} {'batch':>5} {'run':>4} {'skip':>4} "
+        print(f"{'edge':>5} {'path':>15} {'prec':>5} {'batch':>5} {'run':>4} {'skip':>4} "
               f"{'s/cube':>7} {'total s':>8} {'GFLOP/s':>8} {'%fp32mm':>7} {'%bf16mm':>7} "
               f"{'RSS MiB':>8} {'map MiB':>7}")
+        paths = PATHS + tuple(f"optimised-{p}" for p in args.precisions.split(",") if p)
         for edge in (int(s) for s in args.sizes.split(",")):
-            runs = _median_runs(edge, weights, args, folder)
+            runs = _median_runs(edge, weights, args, folder, paths)
             for r in runs.values():
-                print(f"{r['edge']:>5} {r['path']:>10} {r['precision']:>5} {r['batch_size']:>5} "
+                print(f"{r['edge']:>5} {r['path']:>15} {r['precision']:>5} {r['batch_size']:>5} "
                       f"{r['cubes_run']:>4} {r['cubes_skipped']:>4} {r['seconds_per_cube']:>7} "
                       f"{r['seconds']:>8} {r['achieved_gflops']:>8} "
                       f"{100 * r['achieved_gflops'] / rates['fp32']:>6.0f}% "
                       f"{100 * r['achieved_gflops'] / rates['bf16']:>6.0f}% "
                       f"{r['peak_rss_MiB']:>8} {r['map_MiB']:>7}", flush=True)
             if args.repeats > 1:
-                print(f"{edge:>5} end-to-end seconds of every run: plain "
-                      f"{runs['plain']['all_seconds']}, optimised {runs['optimised']['all_seconds']}")
-            max_abs, correlation = compare_outputs(folder, edge)
-            speedup = runs["plain"]["seconds"] / runs["optimised"]["seconds"]
-            print(f"{edge:>5} optimised vs plain: {speedup:.2f}× faster end to end; output "
-                  f"correlation {correlation:.6f}, max |difference| {max_abs:.2e} of the range",
-                  flush=True)
+                print(f"{edge:>5} end-to-end seconds of every run: " + ", ".join(
+                    f"{path} {r['all_seconds']}" for path, r in runs.items()))
+            for path in paths[1:]:
+                max_abs, correlation = compare_outputs(folder, edge, path)
+                speedup = runs["plain"]["seconds"] / runs[path]["seconds"]
+                print(f"{edge:>5} {path} vs plain: {speedup:.2f}× faster end to end; output "
+                      f"correlation {correlation:.6f}, max |difference| {max_abs:.2e} of the "
+                      "range", flush=True)
 
 
 def _weights(args: argparse.Namespace, folder: Path) -> str:
@@ -181,12 +189,13 @@ def _weights(args: argparse.Namespace, folder: Path) -> str:
     return str(resolve_weights())
 
 
-def _median_runs(edge: int, weights: str, args: argparse.Namespace, folder: Path) -> dict:
-    """Each path ``--repeats`` times, alternating (so both see the same machine load); per
+def _median_runs(edge: int, weights: str, args: argparse.Namespace, folder: Path,
+                 paths: tuple[str, ...]) -> dict:
+    """Each path ``--repeats`` times, alternating (so all see the same machine load); per
     path, the run with the median end-to-end time, and the spread of the times."""
-    runs: dict[str, list[dict]] = {path: [] for path in PATHS}
+    runs: dict[str, list[dict]] = {path: [] for path in paths}
     for _ in range(args.repeats):
-        for path in PATHS:
+        for path in paths:
             runs[path].append(_run_path(path, edge, weights, args.device, folder))
     chosen = {}
     for path, results in runs.items():

@@ -17,14 +17,53 @@ from torch import nn
 from cryosamu_cli.model.config import UNetConfig
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that stays accurate on channels-last 3D tensors.
+
+    PyTorch's channels-last CPU kernel loses precision on activations far from zero mean: on
+    the stem output of a mostly empty cube (per-channel constants plus sparse density) it was
+    off by 0.2 in normalised units, where the contiguous kernel is within 3e-6 of float64, and
+    the whole network's output by up to 7 % of its range. Here the per-channel sums and sums of
+    squares come from torch's pairwise reductions over a voxels × channels view, are combined
+    per group in float64, and the affine map is applied in one pass (error below 3e-4 even for
+    a mean 30 standard deviations from zero). Other layouts and dtypes (autocast) use the
+    native kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dim() != 5 or x.dtype != torch.float32 or x.is_contiguous()
+                or not x.is_contiguous(memory_format=torch.channels_last_3d)):
+            return super().forward(x)
+        scale, shift = self._scale_and_shift(x)
+        return torch.addcmul(shift[:, :, None, None, None], x, scale[:, :, None, None, None])
+
+    def _scale_and_shift(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample, per-channel ``scale`` and ``shift`` with ``norm(x) = x · scale + shift``."""
+        b, channels = x.shape[:2]
+        per_group = channels // self.num_groups
+        voxels_by_channel = x.permute(0, 2, 3, 4, 1).reshape(b, -1, channels)
+        count = voxels_by_channel.shape[1] * per_group
+        sums = voxels_by_channel.sum(dim=1).double()
+        squares = voxels_by_channel.square().sum(dim=1).double()
+        mean = sums.reshape(b, self.num_groups, per_group).sum(-1) / count
+        mean_square = squares.reshape(b, self.num_groups, per_group).sum(-1) / count
+        rstd = ((mean_square - mean.square()).clamp_min(0) + self.eps).rsqrt()
+        scale = rstd.repeat_interleave(per_group, dim=1)
+        shift = -mean.repeat_interleave(per_group, dim=1) * scale
+        if self.affine:
+            scale = scale * self.weight
+            shift = shift * self.weight + self.bias
+        return scale.float(), shift.float()
+
+
 class ResBlock(nn.Module):
     """Two GroupNorm → SiLU → (dropout) → Conv3d stages with a residual connection."""
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float, groups: int) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.norm1 = GroupNorm(groups, in_channels)
         self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.norm2 = GroupNorm(groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
         self.skip = (nn.Identity() if in_channels == out_channels
@@ -52,7 +91,7 @@ class LinearAttention3D(nn.Module):
         self.head_dim = head_dim
         self.scale = head_dim ** -0.5
         hidden = heads * head_dim
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = GroupNorm(groups, channels)
         self.to_qkv = nn.Conv3d(channels, hidden * 3, 1, bias=False)
         self.to_out = nn.Conv3d(hidden, channels, 1)
 
@@ -78,7 +117,7 @@ class CrossAttention3D(nn.Module):
 
     def __init__(self, channels: int, struct_dim: int, heads: int, groups: int) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = GroupNorm(groups, channels)
         self.struct_norm = nn.LayerNorm(struct_dim)
         self.attention = nn.MultiheadAttention(channels, heads, kdim=struct_dim, vdim=struct_dim,
                                                batch_first=True)
@@ -142,7 +181,7 @@ class UNet3D(nn.Module):
             previous = ch
         self._build_bottleneck(channels[-1])
         self._build_decoder(channels)
-        self.head = nn.Sequential(nn.GroupNorm(config.norm_groups, channels[0]), nn.SiLU(),
+        self.head = nn.Sequential(GroupNorm(config.norm_groups, channels[0]), nn.SiLU(),
                                   nn.Conv3d(channels[0], 1, 3, padding=1))
 
     def _build_bottleneck(self, ch: int) -> None:
