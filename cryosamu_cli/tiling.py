@@ -178,9 +178,8 @@ def _stream(padded: np.ndarray, plan: CubePlan, to_run: list[CubeIndex],
 
 def _cut(padded: np.ndarray, plan: CubePlan, indices: list[CubeIndex]) -> np.ndarray:
     """The input cubes at ``indices`` (zeros for :data:`EMPTY_CUBE`), stacked into one batch."""
-    empty = np.zeros((plan.cube_size,) * 3, dtype=np.float32)
-    return np.stack([empty if idx is EMPTY_CUBE else padded[plan.cube_slices(idx)]
-                     for idx in indices])
+    return np.stack([np.zeros((plan.cube_size,) * 3, dtype=np.float32) if idx is EMPTY_CUBE
+                     else padded[plan.cube_slices(idx)] for idx in indices])
 
 
 def _timed(predict: Predictor, batch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -204,24 +203,29 @@ class _Stitcher:
             progress(0, cubes_to_run)
 
     def add(self, cubes: np.ndarray, seconds: float, indices: list[CubeIndex]) -> None:
-        """Stitch the cores of one predicted batch and report progress."""
+        """Stitch the cores of one predicted batch and report progress. :data:`EMPTY_CUBE`
+        can only be the last cube of the last batch."""
         self.network_s += seconds
-        if self.done == 0 and self.on_estimate is not None and EMPTY_CUBE not in indices:
-            self.on_estimate(self.cubes_to_run, seconds / len(indices))
         output = self._output_for(cubes)
-        run = [i for i, idx in enumerate(indices) if idx is not EMPTY_CUBE]
-        _stitch(output, cubes[run], [indices[i] for i in run], self.plan)
-        if len(run) < len(indices):
-            empty = cubes[indices.index(EMPTY_CUBE)]
+        if indices[-1] is EMPTY_CUBE:
+            empty = cubes[-1]
             _stitch(output, np.broadcast_to(empty, (len(self.skipped),) + empty.shape),
                     self.skipped, self.plan)
-        self.done += len(run)
-        if self.progress is not None and run:
+            cubes, indices = cubes[:-1], indices[:-1]
+        if not indices:
+            return
+        if self.done == 0 and self.on_estimate is not None:
+            self.on_estimate(self.cubes_to_run, seconds / len(cubes))
+        _stitch(output, cubes, indices, self.plan)
+        self.done += len(indices)
+        if self.progress is not None:
             self.progress(self.done, self.cubes_to_run)
 
     def result(self) -> np.ndarray:
         """The stitched volume (zeros where nothing was placed)."""
-        return self._output_for(np.zeros((1,) + (self.plan.cube_size,) * 3, np.float32))
+        if self.output is None:
+            return np.zeros(self.plan.shape_zyx, dtype=np.float32)
+        return self.output
 
     def _output_for(self, cubes: np.ndarray) -> np.ndarray:
         if self.output is None:
