@@ -12,6 +12,13 @@ The degradation model, applied to every model with its own random draw:
    random signal-to-noise ratio (signal s.d. / noise s.d.) of 0.7–3.
 
 The target is eq. 1 at 2 Å without the B-factors, on the same 1 Å grid.
+
+Real maps at 3–4 Å are brought to a chosen 4–8 Å resolution by :func:`degraded_real_map`
+(validation and training pairs that keep everything a real map has: solvent, masking,
+unmodelled density, local resolution): a B-factor blur, noise with the map's own radial power
+spectrum scaled so that the signal-to-noise ratio of the shell at the new resolution is that of
+a map whose half-map FSC crosses 0.143 there, and the low-pass at that resolution that
+depositors' post-processing applies.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from cryosamu_cli import mapio, metrics
+from cryosamu_cli.grid import band_limit, bfactor_sharpen
 from cryosamu_cli.simulate import simulate_density
 from cryosamu_cli.structure import Atoms
 
@@ -59,12 +67,69 @@ def shaped_noise(shape_zyx: tuple[int, int, int], voxel_A: float, reference: tup
                  rng: np.random.Generator) -> np.ndarray:
     """Unit-variance noise whose radial power spectrum follows ``reference`` (frequency,
     power); beyond the reference's highest frequency its last value is used."""
-    frequency, power = reference
+    return _shaped_noise_on(shape_zyx, (voxel_A,) * 3, reference, rng)
+
+
+# A full map whose half maps correlate 0.143 in a shell has SNR 2 * 0.143 / (1 - 0.143) there.
+SNR_AT_RESOLUTION = 2 * 0.143 / (1 - 0.143)
+
+
+@dataclass(frozen=True)
+class RealDegradation:
+    """How a real map was brought to a lower resolution (recorded with the pair)."""
+
+    resolution_A: float
+    b_blur: float
+    noise_sd: float
+    low_pass: bool
+    seed: int
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def degraded_real_map(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A: float,
+                      seed: int, b_blur: float | None = None, low_pass: bool = True,
+                      ) -> tuple[np.ndarray, RealDegradation]:
+    """A real map ``data[z, y, x]`` brought to ``resolution_A``: blurred by ``b_blur`` (default
+    ``2 R²`` Å², the amplitude at 1/R falls to e^-0.5), plus noise shaped like the map's own
+    radial power spectrum at the SNR of an FSC = 0.143 shell at 1/R, and (``low_pass``)
+    truncated at R as post-processed deposited maps are.
+
+    Returns:
+        ``(degraded map, record)``; the map keeps the input's shape and units.
+    """
+    rng = np.random.default_rng(seed)
+    b_blur = 2.0 * resolution_A ** 2 if b_blur is None else b_blur
+    blurred, _ = bfactor_sharpen(data, voxel_size_zyx, 1.0, b_factor=-b_blur)
+    reference = radial_power_spectrum(data, voxel_size_zyx)
+    noise = _shaped_noise_on(data.shape, voxel_size_zyx, reference, rng)
+    signal_power = _shell_power(blurred, voxel_size_zyx, resolution_A)
+    noise_power = _shell_power(noise, voxel_size_zyx, resolution_A)
+    noise_sd = float(np.sqrt(signal_power / (noise_power * SNR_AT_RESOLUTION)))
+    degraded = blurred + noise_sd * noise
+    if low_pass:
+        degraded = band_limit(degraded, voxel_size_zyx, resolution_A)
+    return degraded.astype(np.float32), RealDegradation(resolution_A, float(b_blur), noise_sd,
+                                                        low_pass, seed)
+
+
+def _shaped_noise_on(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...],
+                     reference: tuple, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance noise with the ``reference`` radial power spectrum on any grid."""
     white = np.fft.rfftn(rng.standard_normal(shape_zyx))
-    shells, width = metrics.shell_index(shape_zyx, (voxel_A,) * 3)
-    amplitude = np.sqrt(np.interp(shells * width, frequency, power))
-    noise = np.fft.irfftn(white * amplitude, s=shape_zyx, axes=(0, 1, 2))
+    shells, width = metrics.shell_index(shape_zyx, voxel_size_zyx)
+    frequency, power = reference
+    noise = np.fft.irfftn(white * np.sqrt(np.interp(shells * width, frequency, power)),
+                          s=shape_zyx, axes=(0, 1, 2))
     return (noise / noise.std()).astype(np.float32)
+
+
+def _shell_power(volume: np.ndarray, voxel_size_zyx: tuple[float, ...],
+                 resolution_A: float) -> float:
+    """Mean Fourier power of ``volume`` in the shell at 1 / ``resolution_A``."""
+    frequency, power = radial_power_spectrum(volume, voxel_size_zyx)
+    return float(np.interp(1.0 / resolution_A, frequency, power))
 
 
 def draw(rng: np.random.Generator) -> Degradation:

@@ -1,8 +1,9 @@
 """``enhance_map`` and ``enhance_many``: the inference pipeline, as a list of named steps.
 
-read map (average the half maps) → resample to 1 Å → normalise → cubes through the network →
-stitch → resample back onto the input grid → blend (strength, mask) → write with the input's
-header (plus the standard-deviation map and the half-map FSC when asked for).
+read map (average the half maps) → choose the resolution → resample to 1 Å → normalise →
+cubes through the network → stitch → limit to the resolution → resample back onto the input grid
+→ blend (strength, mask) → write with the input's header (plus the standard-deviation map and
+the half-map FSC when asked for).
 
 The written map is on the network's normalised scale: 0 is solvent and 1 corresponds to the
 99.9th percentile of the input's positive density after resampling to 1 Å (§3.2). The scale
@@ -24,6 +25,7 @@ from scipy import ndimage
 
 from cryosamu_cli import grid as grid_ops
 from cryosamu_cli import mapio, metrics, tiling
+from cryosamu_cli import resolution as resolution_ops
 from cryosamu_cli.atomic import write_text_atomic
 from cryosamu_cli.device import keep_freed_memory_for_reuse, resolve_device, resolve_precision
 from cryosamu_cli.errors import ConfigError, CryosamuError, DeviceError, OutputError
@@ -38,6 +40,11 @@ DEFAULT_SKIP_THRESHOLD = 0.05
 MASK_MODES = ("enhance-inside", "keep-inside")
 FSC_THRESHOLD = 0.143
 MASK_EDGE_VOXELS = 3.0
+# The band limit's edge, as (pass, stop) multiples of 1/R (grid.low_pass_weights): a raised
+# cosine from 0.8/R to 1/R, chosen on degraded real training maps with benchmarks/band_limit.py
+# (docs/MODEL_CARD.md): the network's detail just inside R is more wrong than right, and a soft
+# edge rings less than a hard truncation.
+BAND_EDGE = (0.8, 1.0)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class EnhanceResult:
     extra_outputs: tuple[Path, ...] = ()
     half_map_resolution_A: float | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    resolution: resolution_ops.ResolutionChoice = resolution_ops.ResolutionChoice(None,
+                                                                                 "not given")
 
 
 class StageClock:
@@ -199,6 +208,8 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                 mask_path: str | os.PathLike | None = None, mask_mode: str = "keep-inside",
                 strength: float = 1.0, confidence: int = 0,
                 skip_threshold: float = DEFAULT_SKIP_THRESHOLD, precision: str = "auto",
+                resolution: str | float | resolution_ops.ResolutionRequest | None = None,
+                band_edge: tuple[float, float] = BAND_EDGE,
                 progress: tiling.ProgressCallback | None = None,
                 on_estimate: tiling.EstimateCallback | None = None,
                 download_progress: DownloadProgress | None = None,
@@ -224,6 +235,11 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
         skip_threshold: Cubes whose normalised input never exceeds this are not run.
         precision: ``auto`` (fp16 on CUDA, bf16 on a CPU that runs it faster, else fp32),
             ``fp32``, ``bf16`` or ``fp16``.
+        resolution: The map's resolution in Å (the output is limited to it), ``none`` (the
+            network's full band), a CSV of path,resolution, or None: the half-map FSC = 0.143
+            resolution with ``half2_path``, else the full band
+            (:mod:`cryosamu_cli.resolution`).
+        band_edge: The band limit's edge (:func:`cryosamu_cli.grid.low_pass_weights`).
         progress: ``progress(cubes_done, cubes_to_run)`` callback.
         on_estimate: ``on_estimate(cubes_to_run, seconds_per_cube)`` after the first cube.
         download_progress: Callback for a first-use weights download.
@@ -234,8 +250,12 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
     """
     started, clock = time.perf_counter(), StageClock()
     _check_blend_options(strength, mask_path, mask_mode)
+    request = resolution_ops.parse_resolution(resolution)
     outputs = _planned_outputs(Path(output_path), half2_path is not None, confidence > 0, force)
     data, grid, fsc_curve = _read_input(input_path, half2_path)
+    half_map_resolution = fsc_curve.resolution_at(FSC_THRESHOLD) if fsc_curve else None
+    limit = resolution_ops.choose_resolution(request, input_path, half_map_resolution,
+                                             grid.voxel_size_zyx)
     mask = _read_mask(mask_path, grid)
     clock.lap("read")
     enhancer = enhancer or load_enhancer(
@@ -251,18 +271,29 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
     enhanced_1A, std_1A, stats = enhancer.run(normalised_1A, run_mask=run_mask,
                                               progress=progress, on_estimate=on_estimate)
     clock.lap("tiles")
+    enhanced_1A = _limit_band(enhanced_1A, limit, band_edge)
     enhanced = _back_to_grid(enhanced_1A, grid)
     enhanced = _blend_with_input(enhanced, data, norm, strength, mask, mask_mode)
     clock.lap("resample")
-    note = f"enhanced, scale 1 = {norm.scale:.4g} input units"
+    note = f"enhanced, 1 = {norm.scale:.4g} input units, {limit.label()}"
     mapio.write_map(outputs["map"], enhanced, grid, force=force, note=note)
-    extra = _write_extras(outputs, grid, std_1A, fsc_curve, force)
+    extra = _write_extras(outputs, grid, std_1A, fsc_curve, limit, force)
     clock.lap("write")
     stages = _split_tiles(clock.seconds, stats)
     return EnhanceResult(outputs["map"], enhancer.weights_path, str(enhancer.device),
                          time.perf_counter() - started, stats.cubes_total, stats.cubes_run,
-                         stats.cubes_skipped, norm.scale, extra,
-                         fsc_curve.resolution_at(FSC_THRESHOLD) if fsc_curve else None, stages)
+                         stats.cubes_skipped, norm.scale, extra, half_map_resolution, stages,
+                         limit)
+
+
+def _limit_band(volume_1A: np.ndarray, limit: resolution_ops.ResolutionChoice,
+                edge: tuple[float, float]) -> np.ndarray:
+    """The network's 1 Å output low-passed at the chosen resolution (unchanged without one):
+    done before resampling back, so nothing beyond it can alias onto the input's grid."""
+    if limit.resolution_A is None:
+        return volume_1A
+    return grid_ops.band_limit(volume_1A, (grid_ops.NETWORK_VOXEL_SIZE_A,) * 3,
+                               limit.resolution_A, edge)
 
 
 def _split_tiles(seconds: dict[str, float], stats: tiling.TilingStats) -> dict[str, float]:
@@ -361,7 +392,8 @@ def _blend_with_input(enhanced: np.ndarray, data: np.ndarray, norm: grid_ops.Nor
 
 
 def _write_extras(outputs: dict[str, Path], grid: mapio.GridInfo, std_1A: np.ndarray | None,
-                  fsc_curve: metrics.FSCCurve | None, force: bool) -> tuple[Path, ...]:
+                  fsc_curve: metrics.FSCCurve | None,
+                  limit: resolution_ops.ResolutionChoice, force: bool) -> tuple[Path, ...]:
     """Write the standard-deviation map and the FSC JSON when they were asked for."""
     written = []
     if std_1A is not None:
@@ -369,7 +401,9 @@ def _write_extras(outputs: dict[str, Path], grid: mapio.GridInfo, std_1A: np.nda
         written.append(mapio.write_map(outputs["std"], std, grid, force=force,
                                        note="MC-dropout standard deviation"))
     if fsc_curve is not None:
-        text = json.dumps(fsc_curve.to_dict(FSC_THRESHOLD), indent=1)
+        report = {**fsc_curve.to_dict(FSC_THRESHOLD),
+                  "output_limited_to": limit.to_dict()}
+        text = json.dumps(report, indent=1)
         written.append(write_text_atomic(outputs["fsc"], text + "\n"))
     return tuple(written)
 
@@ -469,6 +503,7 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
                  weights: str | os.PathLike | None = None, device: str = "auto",
                  batch_size: int | None = None, cube_size: int = 64, core_size: int = 50,
                  threads: int | None = None, confidence: int = 0, precision: str = "auto",
+                 resolution: str | float | resolution_ops.ResolutionRequest | None = None,
                  on_map_start: Callable[[Path, int, int], None] | None = None,
                  **map_options: object) -> list[MapOutcome]:
     """Enhance many maps into ``output_dir`` with one loaded model.
@@ -481,6 +516,8 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
         output_dir: Existing folder for ``<name>_enhanced.mrc`` files.
         skip_existing: Leave maps whose output exists untouched.
         force: Overwrite existing outputs (ignored with ``skip_existing``).
+        resolution: One value for every map, ``none``, or a CSV of path,resolution (every
+            input must be listed); see :func:`enhance_map`.
         on_map_start: Called as ``on_map_start(path, index, count)`` before each map.
         map_options: Passed on to :func:`enhance_map` (mask, strength, progress, ...).
 
@@ -490,13 +527,15 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise OutputError(f"output folder does not exist: {output_dir}")
+    request = resolution_ops.parse_resolution(resolution)
+    resolution_ops.check_listed(request, [Path(p) for p in input_paths])
     devices = split_devices(device)
     if len(devices) > 1:
         return _enhance_on_devices(
             devices, input_paths=[Path(p) for p in input_paths], output_dir=output_dir,
             skip_existing=skip_existing, force=force, weights=weights, batch_size=batch_size,
             cube_size=cube_size, core_size=core_size, threads=threads, confidence=confidence,
-            precision=precision, **map_options)
+            precision=precision, resolution=request, **map_options)
     enhancer = None
     outcomes = []
     for index, input_path in enumerate(Path(p) for p in input_paths):
@@ -512,7 +551,7 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
         try:
             result = enhance_map(input_path=input_path, output_path=target,
                                  force=force and not skip_existing, confidence=confidence,
-                                 enhancer=enhancer, **map_options)
+                                 resolution=request, enhancer=enhancer, **map_options)
             outcomes.append(MapOutcome(input_path, target, "ok", result=result))
         except CryosamuError as exc:
             outcomes.append(MapOutcome(input_path, target, "failed", str(exc)))

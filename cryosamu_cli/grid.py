@@ -122,6 +122,48 @@ def blend(primary: np.ndarray, secondary: np.ndarray, weight: np.ndarray | float
     return (weight * primary + (1.0 - weight) * secondary).astype(np.float32)
 
 
+def low_pass_weights(frequency_per_A: np.ndarray, resolution_A: float,
+                     edge: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """The band limit's transfer function at spatial frequencies ``frequency_per_A`` (1/Å).
+
+    With ``edge = (pass_factor, stop_factor)`` the weight is 1 up to ``pass_factor / R``, 0 from
+    ``stop_factor / R`` on, and a raised cosine between (``R = resolution_A``); equal factors
+    make a hard truncation, whose weight at exactly ``factor / R`` is 1.
+    """
+    pass_until, stop_from = edge[0] / resolution_A, edge[1] / resolution_A
+    s = np.asarray(frequency_per_A, dtype=np.float64)
+    if stop_from <= pass_until:
+        return (s <= pass_until).astype(np.float64)
+    t = np.clip((s - pass_until) / (stop_from - pass_until), 0.0, 1.0)
+    return 0.5 + 0.5 * np.cos(np.pi * t)
+
+
+def band_limit(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A: float,
+               edge: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """Low-pass ``data[z, y, x]`` at ``resolution_A`` with :func:`low_pass_weights`.
+
+    Single-precision FFTs (scipy.fft): the volume, its half spectrum and one weight per
+    Fourier voxel are the memory it takes.
+    """
+    from scipy import fft
+
+    spectrum = fft.rfftn(data.astype(np.float32, copy=False), workers=-1)
+    spectrum *= low_pass_weights(_frequency_radius(data.shape, voxel_size_zyx), resolution_A,
+                                 edge).astype(np.float32)
+    return fft.irfftn(spectrum, s=data.shape, workers=-1).astype(np.float32, copy=False)
+
+
+def _frequency_radius(shape_zyx: tuple[int, ...],
+                      voxel_size_zyx: tuple[float, ...]) -> np.ndarray:
+    """|s| in 1/Å of every voxel of an rFFT half spectrum of ``shape_zyx``."""
+    nz, ny, nx = shape_zyx
+    vz, vy, vx = voxel_size_zyx
+    fz = np.fft.fftfreq(nz, d=vz).astype(np.float32)[:, None, None]
+    fy = np.fft.fftfreq(ny, d=vy).astype(np.float32)[None, :, None]
+    fx = np.fft.rfftfreq(nx, d=vx).astype(np.float32)[None, None, :]
+    return np.sqrt(fz ** 2 + fy ** 2 + fx ** 2)
+
+
 def bfactor_sharpen(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A: float,
                     b_factor: float | None = None, fit_low_A: float = 10.0) -> tuple[np.ndarray, float]:
     """Global B-factor sharpening, the plain baseline of map post-processing.

@@ -15,7 +15,9 @@ from cryosamu_cli.cli.common import (BatchSizeOpt, ForceOpt, QuietOpt, WeightsOp
 
 app = typer.Typer()
 
-EXAMPLE = """cryosamu enhance emd_24496.map -o emd_24496_enhanced.mrc
+EXAMPLE = """cryosamu enhance emd_24496.map -o emd_24496_enhanced.mrc --resolution 4.0
+
+cryosamu enhance maps/*.map --output-dir enhanced/ --resolution resolutions.csv
 
 cryosamu enhance maps/*.map --output-dir enhanced/ --skip-existing
 
@@ -56,6 +58,11 @@ def enhance_cmd(
     confidence: Annotated[int, typer.Option(
         help="Monte-Carlo dropout passes (≥ 2): output their mean and write the per-voxel "
         "standard deviation to <output>_std.mrc.", min=0)] = 0,
+    resolution: Annotated[Optional[str], typer.Option(
+        "--resolution", metavar="R|none|CSV", help="The map's resolution in Å: the output is "
+        "limited to it. none: the network's full band. A CSV of path,resolution rows: one "
+        "value per map. Default: the half-map FSC=0.143 resolution with --half2, else the "
+        "full band.")] = None,
     precision: Annotated[str, typer.Option(
         help="auto (fp16 on CUDA; bf16 on a CPU that runs it faster, else fp32), fp32, bf16 "
         "or fp16.")] = "auto",
@@ -71,7 +78,8 @@ def enhance_cmd(
     from cryosamu_cli import enhance as enhance_lib
     from cryosamu_cli.errors import ConfigError
 
-    map_options = dict(half2_path=half2, mask_path=mask, mask_mode=mask_mode, strength=strength)
+    map_options = dict(half2_path=half2, mask_path=mask, mask_mode=mask_mode, strength=strength,
+                       resolution=resolution)
     model_options = dict(weights=weights, device=device, batch_size=batch_size,
                          cube_size=cube_size, core_size=core_size, threads=threads,
                          confidence=confidence, precision=precision)
@@ -110,20 +118,27 @@ def _print_summary(result) -> None:
             if result.half_map_resolution_A else "")
     console.print(f"Enhanced in {result.seconds:.1f} s on {result.device}: {result.cubes_run} "
                   f"cubes run, {result.cubes_skipped} skipped → {result.output_path}{extra}{half}")
+    console.print(f"Output {result.resolution.summary()}")
 
 
 def _print_table(outcomes) -> None:
-    table = Table("map", "status", "cubes run", "cubes skipped", "seconds", "output / reason")
+    table = Table("map", "status", "cubes run", "cubes skipped", "seconds", "resolution",
+                  "output / reason")
     for o in outcomes:
         r = o.result
         table.add_row(str(o.input_path), o.status, str(r.cubes_run) if r else "",
                       str(r.cubes_skipped) if r else "", f"{r.seconds:.1f}" if r else "",
+                      r.resolution.label() if r else "",
                       str(o.output_path) if o.status == "ok" else o.message)
     console.print(table)
     count = {status: sum(o.status == status for o in outcomes) for status in ("ok", "skipped",
                                                                                "failed")}
     console.print(f"{len(outcomes)} maps: {count['ok']} enhanced, {count['skipped']} skipped "
                   f"(output exists), {count['failed']} failed")
+    unlimited = [o for o in outcomes if o.result and o.result.resolution.source == "not given"]
+    if unlimited:
+        console.print(f"{len(unlimited)} map(s) written with the "
+                      f"{unlimited[0].result.resolution.summary()}")
 
 
 class _ProgressBars:
