@@ -50,8 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pairs_csv")
     parser.add_argument("--weights", default=None)
-    parser.add_argument("--pairs", default="emd-1461,emd-2566,emd-0093,emd-30342",
-                        help="train pairs to use (comma-separated names)")
+    parser.add_argument("--pairs", default="emd-1461,emd-1461-96o,emd-2566",
+                        help="train pairs to use (comma-separated names; default: the validation pairs of training/pairs-v2.csv)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     names = args.pairs.split(",")

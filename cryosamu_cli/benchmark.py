@@ -222,17 +222,20 @@ class PairQuality:
 
 def quality_report(*, pairs: Sequence[Pair], weights: str | os.PathLike | None = None,
                    device: str = "auto", backend: str = "native", sharpen: bool = True,
-                   work_dir: str | os.PathLike | None = None,
+                   full_band: bool = False, work_dir: str | os.PathLike | None = None,
                    on_pair: Callable[[str], None] | None = None) -> list[PairQuality]:
-    """Score the deposited map, the cryosamu map (when ``weights`` is given), a global
-    B-factor-sharpened baseline and each extra map of every pair against its model.
+    """Score every pair's maps against its model: the deposited map, the deposited map
+    truncated at the pair's resolution (what a plain low-pass gives), the cryosamu map as a
+    user makes it (``enhance --resolution R`` with ``weights``, default: the pretrained
+    model), with ``full_band`` also the network's unlimited output, a global
+    B-factor-sharpened baseline and each extra map.
 
     Maps are enhanced and sharpened into ``work_dir`` (a temporary folder by default) and
     reused when already there. A pair that cannot be scored is kept with its reason.
     """
     if backend not in ("native", "cctbx"):
         raise ConfigError(f"unknown backend '{backend}': use native or cctbx")
-    enhancer = enhance.load_enhancer(weights=weights, device=device) if weights else None
+    enhancer = enhance.load_enhancer(weights=weights, device=device)
     with tempfile.TemporaryDirectory(prefix="cryosamu-quality-") as tmp:
         folder = Path(work_dir) if work_dir else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
@@ -240,32 +243,39 @@ def quality_report(*, pairs: Sequence[Pair], weights: str | os.PathLike | None =
         for pair in pairs:
             if on_pair is not None:
                 on_pair(pair.name)
-            report.append(_score_pair(pair, folder, enhancer, backend, sharpen))
+            report.append(_score_pair(pair, folder, enhancer, backend, sharpen, full_band))
         return report
 
 
-def _score_pair(pair: Pair, folder: Path, enhancer, backend: str, sharpen: bool) -> PairQuality:
+def _score_pair(pair: Pair, folder: Path, enhancer, backend: str, sharpen: bool,
+                full_band: bool = False) -> PairQuality:
     """Every map of one pair, scored; errors become the pair's ``skipped`` reason."""
     quality = PairQuality(pair.name, pair.resolution_A)
     if pair.resolution_A is None:
         quality.skipped = "no resolution given"
         return quality
     try:
-        for label, path in _maps_of(pair, folder, enhancer, sharpen).items():
+        for label, path in _maps_of(pair, folder, enhancer, sharpen, full_band).items():
             quality.maps[label] = score_map(path, pair.model_path, pair.resolution_A, backend)
     except CryosamuError as exc:
         quality.skipped = str(exc)
     return quality
 
 
-def _maps_of(pair: Pair, folder: Path, enhancer, sharpen: bool) -> dict[str, Path]:
-    """Label → map file for the deposited, cryosamu, sharpened and extra maps."""
-    maps = {"deposited": pair.map_path}
-    if enhancer is not None:
-        target = folder / f"{pair.name}_cryosamu.mrc"
+def _maps_of(pair: Pair, folder: Path, enhancer, sharpen: bool,
+             full_band: bool = False) -> dict[str, Path]:
+    """Label → map file for the deposited (as given and truncated), cryosamu, sharpened and
+    extra maps."""
+    maps = {"deposited": pair.map_path,
+            "deposited_truncated": _truncated(pair, folder / f"{pair.name}_truncated.mrc")}
+    runs = {"cryosamu": pair.resolution_A, **({"cryosamu_full_band": "none"} if full_band
+                                               else {})}
+    for label, resolution in runs.items():
+        target = folder / f"{pair.name}_{label}.mrc"
         if not target.exists():
-            enhance.enhance_map(input_path=pair.map_path, output_path=target, enhancer=enhancer)
-        maps["cryosamu"] = target
+            enhance.enhance_map(input_path=pair.map_path, output_path=target, enhancer=enhancer,
+                                resolution=resolution)
+        maps[label] = target
     if sharpen:
         target = folder / f"{pair.name}_bsharpened.mrc"
         if not target.exists():
@@ -275,6 +285,16 @@ def _maps_of(pair: Pair, folder: Path, enhancer, sharpen: bool) -> dict[str, Pat
         maps["b_sharpened"] = target
     maps.update(pair.extra_maps)
     return maps
+
+
+def _truncated(pair: Pair, target: Path) -> Path:
+    """The deposited map with a hard truncation at the pair's resolution (written once)."""
+    if not target.exists():
+        data, grid_info = mapio.read_map(pair.map_path)
+        truncated = grid.band_limit(data, grid_info.voxel_size_zyx, pair.resolution_A)
+        mapio.write_map(target, truncated, grid_info,
+                        note=f"truncated at {pair.resolution_A:g} A")
+    return target
 
 
 def score_map(map_path: Path, model_path: Path, resolution_A: float,

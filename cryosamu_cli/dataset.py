@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryosamu_cli import __version__, grid, mapio, metrics, simulate
+from cryosamu_cli import __version__, degrade, grid, mapio, metrics, simulate
 from cryosamu_cli.atomic import atomic_target, write_text_atomic
 from cryosamu_cli.errors import ConfigError, CryosamuError
 from cryosamu_cli.pairs import Pair, read_pairs
@@ -51,15 +51,34 @@ class PrepareOptions:
     val_fraction: float = 0.1
     dedup_identity: float | None = None
     target_bfactors: bool = False
+    target_resolution_A: float | None = TARGET_RESOLUTION_A
     cube_size: int = CUBE_SIZE
     padding: int = PADDING
+
+
+def parse_target_resolution(text: str) -> float | None:
+    """``--target-resolution``: a resolution in Å, or ``input`` (None: each map's own).
+
+    Raises:
+        ConfigError: Neither a positive number nor ``input``.
+    """
+    if text.strip().lower() == "input":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 100:
+        raise ConfigError(f"--target-resolution must be a resolution in Å or 'input', "
+                          f"got {text}")
+    return value
 
 
 def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str | os.PathLike,
                  options: PrepareOptions = PrepareOptions(), workers: int = 1,
                  role: str | None = None, simulate_from: str | os.PathLike | None = None,
                  noise_reference: str | os.PathLike | None = None, seed: int = 0,
-                 simulate_repeats: int = 1,
+                 simulate_repeats: int = 1, degrade_real: int = 0,
                  embedder: Callable[[Atoms], np.ndarray] | None = None,
                  on_plan: Callable[[int], None] | None = None,
                  on_pair: Callable[[dict], None] | None = None,
@@ -78,13 +97,16 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
         options: Filters and sizes.
         workers: Pairs prepared in parallel processes.
         role: Keep only CSV rows of this split/role.
-        simulate_from: Folder of PDB/mmCIF models to make simulated pairs from
+        simulate_from: Folder(s) of PDB/mmCIF models to make simulated pairs from
             (:mod:`cryosamu_cli.degrade`), named ``sim-<file stem>``.
         noise_reference: A real map whose power spectrum shapes the simulated noise (needed
             with ``simulate_from``).
         seed: Seed of the simulated degradations (each model gets its own stream).
         simulate_repeats: Simulated maps per model, each with its own degradation; the
             repeats are named ``sim-<stem>-r<k>`` and share the split of ``sim-<stem>``.
+        degrade_real: Copies of every real pair degraded to a random 4.5–8 Å
+            (:func:`cryosamu_cli.degrade.degraded_real_map`, half of them low-passed), named
+            ``<pair>-d<k>``, in the pair's split, with the degradation recorded.
         embedder: Model atoms → ``800 × 512`` structure embedding (ESM-IF1 + pooling,
             :func:`cryosamu_cli.embed.embed_structure`); saved as ``embeddings/<name>.npy``
             for every pair that is ``ok``. None: no embeddings (``--no-struct``).
@@ -100,7 +122,8 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
         ConfigError: Nothing to prepare, or a missing noise reference.
     """
     output_dir = Path(output_dir)
-    jobs = _jobs(pairs_csv, role, simulate_from, noise_reference, seed, simulate_repeats)
+    jobs = _jobs(pairs_csv, role, simulate_from, noise_reference, seed, simulate_repeats,
+                 degrade_real)
     (output_dir / "shards").mkdir(parents=True, exist_ok=True)
     manifest = _load_manifest(output_dir, options)
     done = {e["name"]: e for e in manifest["pairs"] if _is_finished(e, output_dir)}
@@ -135,23 +158,55 @@ class _SimulationJob:
     group: str = ""
 
 
-def _jobs(pairs_csv, role, simulate_from, noise_reference, seed, repeats: int = 1) -> list:
-    """The real pairs of the CSV and the simulation jobs, in order."""
+# Real pairs (3.2-3.9 Å) are degraded into this range for training (degrade_real).
+DEGRADE_REAL_RANGE_A = (4.5, 8.0)
+
+
+@dataclass(frozen=True)
+class _DegradedPairJob:
+    """A real pair brought to a lower resolution (``<pair>-d<k>``)."""
+
+    pair: Pair
+    index: int
+    resolution_A: float
+    low_pass: bool
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.pair.name}-d{self.index}"
+
+
+def _jobs(pairs_csv, role, simulate_from, noise_reference, seed, repeats: int = 1,
+          degrade_real: int = 0) -> list:
+    """The real pairs of the CSV (and their degraded copies) and the simulation jobs."""
     if pairs_csv is None and simulate_from is None:
         raise ConfigError("give a pairs CSV, --simulate-from DIR, or both")
     if str(pairs_csv) == "paper":
         pairs_csv = PAPER_PAIRS
-    jobs: list = read_pairs(pairs_csv, role=role) if pairs_csv is not None else []
-    if simulate_from is not None:
-        jobs += _simulation_jobs(Path(simulate_from), noise_reference, seed, repeats)
-    return jobs
+    jobs: list = []
+    for number, pair in enumerate(read_pairs(pairs_csv, role=role) if pairs_csv else []):
+        jobs.append(pair)
+        jobs += _degraded_jobs(pair, degrade_real, seed + 1000 * (number + 1))
+    folders = simulate_from if isinstance(simulate_from, (list, tuple)) else [simulate_from]
+    simulated: list = []
+    for folder in (f for f in folders if f is not None):
+        simulated += _simulation_jobs(Path(folder), noise_reference, seed + len(simulated),
+                                      repeats)
+    return jobs + simulated
+
+
+def _degraded_jobs(pair: Pair, count: int, seed: int) -> list[_DegradedPairJob]:
+    """``count`` seeded degradations of one real pair."""
+    rng = np.random.default_rng(seed)
+    low, high = DEGRADE_REAL_RANGE_A
+    return [_DegradedPairJob(pair, k, round(float(rng.uniform(low, high)), 2),
+                             bool(k % 2 == 0), seed + k) for k in range(1, count + 1)]
 
 
 def _simulation_jobs(folder: Path, noise_reference, seed: int,
                      repeats: int = 1) -> list[_SimulationJob]:
     """``repeats`` jobs per model file in ``folder``, with the reference noise spectrum."""
-    from cryosamu_cli import degrade
-
     if repeats < 1:
         raise ConfigError(f"--simulate-repeats must be at least 1, got {repeats}")
     if not folder.is_dir():
@@ -200,7 +255,7 @@ def _model_of(job) -> Path:
     """The local model file of a job (fetching a PDB ID when needed)."""
     if isinstance(job, _SimulationJob):
         return job.model_path
-    return _sources(job)[1]
+    return _sources(getattr(job, "pair", job))[1]
 
 
 def _run_jobs(jobs: list, output_dir: Path, options: PrepareOptions, workers: int,
@@ -223,13 +278,13 @@ def _prepare_job(job, output_dir: Path, options: PrepareOptions,
     """Dispatch a real pair or a simulation job."""
     if isinstance(job, _SimulationJob):
         return prepare_simulated(job, output_dir, options)
+    if isinstance(job, _DegradedPairJob):
+        return prepare_pair(job.pair, output_dir, options, download_progress, degraded=job)
     return prepare_pair(job, output_dir, options, download_progress)
 
 
 def prepare_simulated(job: _SimulationJob, output_dir: Path, options: PrepareOptions) -> dict:
     """One model → a simulated experimental-like map, its target, and their shard."""
-    from cryosamu_cli import degrade
-
     # repeats of one model share its split, so no structure is in both train and val
     pair = Pair(job.group or job.name, None, job.model_path, None, "")
     entry = {"name": job.name, "split": split_of(pair, options.val_fraction),
@@ -244,7 +299,8 @@ def prepare_simulated(job: _SimulationJob, output_dir: Path, options: PrepareOpt
             entry.update(status="filtered", filters=filters, reason=f"structure filter: {failed}")
         else:
             rng = np.random.default_rng(job.seed)
-            raw, target, grid_info, params = degrade.simulated_pair(atoms, job.reference, rng)
+            raw, target, grid_info, params = degrade.simulated_pair(
+                atoms, job.reference, rng, options.target_resolution_A)
             entry.update(_store(raw, target, grid_info, job.name, output_dir, options),
                          filters=filters, degradation=params.to_dict(),
                          resolution_A=round(params.resolution_A, 3))
@@ -270,15 +326,19 @@ def _store(raw: np.ndarray, target: np.ndarray, grid_info: mapio.GridInfo, name:
 
 
 def prepare_pair(pair: Pair, output_dir: Path, options: PrepareOptions,
-                 download_progress=None) -> dict:
-    """One pair → its shard and manifest entry (status ``ok``, ``filtered`` or ``failed``)."""
-    entry = {"name": pair.name, "split": split_of(pair, options.val_fraction),
+                 download_progress=None, degraded: _DegradedPairJob | None = None) -> dict:
+    """One pair (or a ``degraded`` copy of it) → its shard and manifest entry (status ``ok``,
+    ``filtered`` or ``failed``)."""
+    entry = {"name": degraded.name if degraded else pair.name,
+             "split": split_of(pair, options.val_fraction),
              "source": {"map": str(pair.map_path), "model": str(pair.model_path)},
              "ids": {k: pair.columns.get(k, "") for k in ("emdb", "pdb")},
-             "resolution_A": pair.resolution_A, "cubes": 0, "shard": None}
+             "resolution_A": degraded.resolution_A if degraded else pair.resolution_A,
+             "cubes": 0, "shard": None}
     started = time.perf_counter()
     try:
-        entry.update(_prepare(pair, output_dir, options, entry["split"], download_progress))
+        entry.update(_prepare(pair, output_dir, options, entry["split"], download_progress,
+                              degraded))
     except CryosamuError as exc:
         entry.update(status="failed", reason=str(exc))
     entry["seconds"] = round(time.perf_counter() - started, 2)
@@ -286,7 +346,7 @@ def prepare_pair(pair: Pair, output_dir: Path, options: PrepareOptions,
 
 
 def _prepare(pair: Pair, output_dir: Path, options: PrepareOptions, split: str,
-             download_progress=None) -> dict:
+             download_progress=None, degraded: _DegradedPairJob | None = None) -> dict:
     """The named steps of one pair; returns the entry fields it adds."""
     if split == "excluded":
         return {"status": "filtered", "reason": f"role '{pair.split}' is not for training"}
@@ -305,9 +365,19 @@ def _prepare(pair: Pair, output_dir: Path, options: PrepareOptions, split: str,
     if cc < options.min_cc_mask:
         return {**info, "status": "filtered",
                 "reason": f"map-model CC_mask {cc:.3f} below {options.min_cc_mask}"}
-    raw, target = map_and_target_on_1A(data, grid_info, atoms, options.target_bfactors)
-    stored = _store(raw, target, grid_info, pair.name, output_dir, options)
-    return {**info, **stored, "grid": _grid_summary(grid_info)}
+    if degraded is not None:
+        data, record = degrade.degraded_real_map(data, grid_info.voxel_size_zyx,
+                                                 degraded.resolution_A, degraded.seed,
+                                                 low_pass=degraded.low_pass)
+        info["degradation"] = record.to_dict()
+        resolution = degraded.resolution_A
+    target_resolution = options.target_resolution_A or resolution
+    raw, target = map_and_target_on_1A(data, grid_info, atoms, options.target_bfactors,
+                                       target_resolution)
+    stored = _store(raw, target, grid_info, degraded.name if degraded else pair.name,
+                    output_dir, options)
+    return {**info, **stored, "grid": _grid_summary(grid_info),
+            "target_resolution_A": target_resolution}
 
 
 def _sources(pair: Pair, download_progress=None) -> tuple[Path, Path]:
@@ -367,13 +437,16 @@ def _check_overlap(atoms: Atoms, grid_info: mapio.GridInfo, minimum: float = 0.5
 
 
 def map_and_target_on_1A(data: np.ndarray, grid_info: mapio.GridInfo, atoms: Atoms,
-                         with_bfactors: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The map resampled to 1 Å and the eq. 1 target on the same grid (both raw); with
-    ``with_bfactors`` each atom's Gaussian is widened by its model B-factor."""
+                         with_bfactors: bool = False,
+                         target_resolution_A: float = TARGET_RESOLUTION_A,
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """The map resampled to 1 Å and the eq. 1 target at ``target_resolution_A`` on the same
+    grid (both raw); with ``with_bfactors`` each atom's Gaussian is widened by its model
+    B-factor."""
     on_1A = grid.resample_to_spacing(data, grid_info.voxel_size_zyx)
     target = simulate.simulate_density(atoms.xyz, atoms.atomic_number, on_1A.shape,
                                        (1.0, 1.0, 1.0), metrics.grid_origin_xyz(grid_info),
-                                       TARGET_RESOLUTION_A,
+                                       target_resolution_A,
                                        extra_b=atoms.b_iso if with_bfactors else None)
     return on_1A, target
 
@@ -445,7 +518,8 @@ def _load_manifest(output_dir: Path, options: PrepareOptions) -> dict:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "voxel_size_A": 1.0,
             "cube_size": options.cube_size, "padding": options.padding,
             "normalisation": {"percentile": grid.NORMALISATION_PERCENTILE, "clip": [0, 1]},
-            "target": {"equation": 1, "resolution_A": TARGET_RESOLUTION_A,
+            "target": {"equation": 1,
+                       "resolution_A": options.target_resolution_A or "the input's",
                        "sigma_per_resolution": simulate.SIGMA_PER_RESOLUTION, "theta": 1.0,
                        "atoms": "heavy atoms, weight Z",
                        "model_bfactors": options.target_bfactors},

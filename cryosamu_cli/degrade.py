@@ -11,7 +11,8 @@ The degradation model, applied to every model with its own random draw:
 5. noise whose radial power spectrum follows a real map's (``noise_reference``), scaled to a
    random signal-to-noise ratio (signal s.d. / noise s.d.) of 0.7–3.
 
-The target is eq. 1 at 2 Å without the B-factors, on the same 1 Å grid.
+The target is eq. 1 without the B-factors, on the same 1 Å grid, at 2 Å (the paper) or at
+the map's drawn resolution (``prepare-data --target-resolution input``).
 
 Real maps at 3–4 Å are brought to a chosen 4–8 Å resolution by :func:`degraded_real_map`
 (validation and training pairs that keep everything a real map has: solvent, masking,
@@ -141,8 +142,10 @@ def draw(rng: np.random.Generator) -> Degradation:
 
 
 def simulated_pair(atoms: Atoms, reference: tuple, rng: np.random.Generator,
+                   target_resolution_A: float | None = 2.0,
                    ) -> tuple[np.ndarray, np.ndarray, mapio.GridInfo, Degradation]:
-    """An experimental-like map and its eq. 1 target for one model, on a 1 Å grid.
+    """An experimental-like map and its eq. 1 target for one model, on a 1 Å grid; the target
+    is at ``target_resolution_A`` (None: the map's own drawn resolution), without B-factors.
 
     Returns:
         ``(map, target, grid, degradation)``; both volumes are raw (not normalised).
@@ -159,7 +162,8 @@ def simulated_pair(atoms: Atoms, reference: tuple, rng: np.random.Generator,
     experimental = clean + _blobs(atoms, low, shape, clean.max(), params.blobs, rng)
     experimental += 0.03 * clean.max() * _smooth_unit_noise(shape, 6.0, rng)
     experimental += clean.std() / params.snr * shaped_noise(shape, 1.0, reference, rng)
-    target = simulate_density(atoms.xyz, atoms.atomic_number, *geometry, 2.0)
+    target = simulate_density(atoms.xyz, atoms.atomic_number, *geometry,
+                              target_resolution_A or params.resolution_A)
     return experimental.astype(np.float32), target, _grid_of(shape, low), params
 
 

@@ -19,8 +19,6 @@ from cryosamu_cli.errors import ConfigError
 
 # The network works on a 1 Å grid: nothing finer than its Nyquist limit can be written.
 FINEST_RESOLUTION_A = 2.0
-SOURCES = ("--resolution", "resolution CSV", "half-map FSC=0.143", "--resolution none",
-           "not given")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ class TrainConfig:
     augment: bool = True
     crop_size: int | None = None
     max_steps_per_epoch: int | None = None
+    init_weights: str | None = None
+    validate_on: str | None = None
 
     def model_config(self) -> UNetConfig:
         """The network this run trains: the preset, with ``base_channels`` if given."""
@@ -67,6 +69,7 @@ class Progress:
     epoch: int = 0
     step: int = 0
     best_val_loss: float = math.inf
+    best_real_cc: float = -math.inf
 
 
 def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
@@ -88,7 +91,11 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
             raise ConfigError(f"{data_dir} has no training cubes")
         model_config = model_config or config.model_config()
         _check_crop(config.crop_size, model_config, train_set.cube_size)
-        model = UNet3D.from_config(model_config).to(device)
+        model = UNet3D.from_config(model_config)
+        if config.init_weights:
+            _load_initial_weights(model, config.init_weights)
+        model = model.to(device)
+        real_maps = _real_validation_maps(config, rank)
         ddp_model = _wrap(model, world, device, config)
         loader = _loader(train_set, config, rank, world)
         steps = config.epochs * _steps_per_epoch(loader, config)
@@ -101,8 +108,8 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
             run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             progress = _restore(run_dir / "last.pt", model, optimiser, scheduler, device)
-        summary = _epochs(ddp_model, model, loader, val_set, optimiser, scheduler, progress,
-                          config, precision, device, rank, run_dir, on_epoch)
+        summary = _epochs(ddp_model, model, loader, (val_set, real_maps), optimiser, scheduler,
+                          progress, config, precision, device, rank, run_dir, on_epoch)
         summary["final_weight_checksums"] = _gather(_checksum(model), world)
         summary["rank"] = rank
         if rank == 0:
@@ -110,6 +117,30 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
         return summary
     finally:
         _teardown(world)
+
+
+def _load_initial_weights(model: nn.Module, path: str) -> None:
+    """Start from a checkpoint's weights (fine-tuning); its network must match this run's.
+
+    Raises:
+        ConfigError: The checkpoint's network differs from the run's.
+    """
+    from cryosamu_cli.weights import load_model
+
+    source = load_model(Path(path))
+    if source.config != model.config:
+        raise ConfigError(f"--init-weights {path} holds a different network "
+                          f"({source.config.to_dict()}) than this run's preset")
+    model.load_state_dict(source.state_dict())
+
+
+def _real_validation_maps(config: TrainConfig, rank: int) -> list:
+    """The degraded real maps of ``validate_on`` (rank 0 only: it alone chooses ``best.pt``)."""
+    if not config.validate_on or rank != 0:
+        return []
+    from cryosamu_cli.validation import validation_maps_from_csv
+
+    return validation_maps_from_csv(config.validate_on)
 
 
 def _setup_distributed() -> tuple[int, int, torch.device]:
@@ -230,9 +261,11 @@ def train_step(model: nn.Module, batch, optimiser, scheduler, config: TrainConfi
     return float(loss.detach())
 
 
-def _epochs(ddp_model, model, loader, val_set, optimiser, scheduler, progress: Progress,
+def _epochs(ddp_model, model, loader, validation, optimiser, scheduler, progress: Progress,
             config: TrainConfig, precision, device, rank: int, run_dir: Path, on_epoch) -> dict:
-    """The epoch loop: train, validate, log and checkpoint (rank 0)."""
+    """The epoch loop: train, validate (cubes; and real maps when given), log and checkpoint
+    (rank 0)."""
+    val_set, real_maps = validation
     augmenter = _augmenter(config)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
     history = []
@@ -252,6 +285,10 @@ def _epochs(ddp_model, model, loader, val_set, optimiser, scheduler, progress: P
                   "train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
                   "seconds": round(time.perf_counter() - started, 2),
                   **validate(model, val_set, device, config.batch_size, precision)}
+        if real_maps:
+            from cryosamu_cli.validation import score_network
+
+            record.update(score_network(model, real_maps, device, precision))
         if rank == 0:
             _log_and_save(record, model, optimiser, scheduler, progress, config, run_dir)
             if on_epoch is not None:
@@ -285,14 +322,21 @@ def validate(model: nn.Module, val_set: CubePairDataset, device: torch.device,
 
 def _log_and_save(record: dict, model, optimiser, scheduler, progress: Progress,
                   config: TrainConfig, run_dir: Path) -> None:
-    """Append the metrics line, save ``last.pt`` and, when validation improved, ``best.pt``."""
+    """Append the metrics line, save ``last.pt`` and, when validation improved, ``best.pt``:
+    by the real maps' mean CC (``real_cc``) when they are scored, else by the cube loss."""
     with open(run_dir / "metrics.jsonl", "a") as handle:
         handle.write(json.dumps(record) + "\n")
-    improved = record["val_loss"] is not None and record["val_loss"] < progress.best_val_loss
-    if improved or record["val_loss"] is None:
-        progress.best_val_loss = record["val_loss"] if improved else progress.best_val_loss
-        _save(run_dir / "best.pt", model, config, {"epoch": progress.epoch,
-                                                   "val_loss": record["val_loss"]})
+    if "real_cc" in record:
+        improved = record["real_cc"] > progress.best_real_cc
+        progress.best_real_cc = max(progress.best_real_cc, record["real_cc"])
+    else:
+        improved = record["val_loss"] is None or record["val_loss"] < progress.best_val_loss
+    if record["val_loss"] is not None:
+        progress.best_val_loss = min(progress.best_val_loss, record["val_loss"])
+    if improved:
+        _save(run_dir / "best.pt", model, config, {
+            "epoch": progress.epoch, "val_loss": record["val_loss"],
+            "real_cc": record.get("real_cc")})
     _save(run_dir / "last.pt", model, config, {
         "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
         "progress": asdict(progress)})

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryosamu_cli import degrade, mapio, metrics
+from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.pairs import Pair
 from cryosamu_cli.structure import read_atoms
 
@@ -60,12 +61,12 @@ def validation_maps(pairs: Sequence[Pair],
     Pairs with an ``eval`` role are refused so that nothing is ever chosen on them.
 
     Raises:
-        ValueError: An ``eval`` pair was passed.
+        ConfigError: An ``eval`` pair was passed.
     """
     maps = []
     for index, pair in enumerate(pairs):
         if "eval" in (pair.split, pair.columns.get("role")):
-            raise ValueError(f"{pair.name} is an eval pair: never validate on it")
+            raise ConfigError(f"{pair.name} is an eval pair: never validate or tune on it")
         data, grid = mapio.read_map(pair.map_path)
         atoms = read_atoms(pair.model_path)
         for number, (resolution_A, low_pass) in enumerate(degradations):
@@ -82,3 +83,48 @@ def validation_maps(pairs: Sequence[Pair],
 def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     """The mean of each score over ``rows``."""
     return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+
+
+def validation_maps_from_csv(pairs_csv: str, split: str = "val") -> list[ValidationMap]:
+    """:func:`validation_maps` of the rows of ``pairs_csv`` whose split/role is ``split``.
+
+    Raises:
+        ConfigError: The CSV has no such row.
+    """
+    from cryosamu_cli.pairs import read_pairs
+
+    pairs = [p for p in read_pairs(pairs_csv) if p.split == split]
+    if not pairs:
+        raise ConfigError(f"{pairs_csv} has no row with split '{split}' to validate on")
+    return validation_maps(pairs)
+
+
+def enhanced_like_enhance(predict, vmap: ValidationMap, cube_size: int = 64,
+                          core_size: int = 50, batch_size: int = 2) -> np.ndarray:
+    """A validation map through ``predict`` (a :class:`cryosamu_cli.enhance.NetworkPredictor`)
+    exactly as ``cryosamu enhance --resolution R`` does: 1 Å grid, normalisation, tiles, the
+    band limit at the map's resolution, back onto the map's grid."""
+    from cryosamu_cli import grid, tiling
+    from cryosamu_cli.enhance import BAND_EDGE, DEFAULT_SKIP_THRESHOLD
+
+    on_1A = grid.resample_to_spacing(vmap.data, vmap.grid.voxel_size_zyx)
+    normalised = grid.normalise(on_1A, grid.normalisation_of(on_1A))
+    enhanced, _ = tiling.enhance_tiled(normalised, predict, cube_size=cube_size,
+                                       core_size=core_size, batch_size=batch_size,
+                                       skip_threshold=DEFAULT_SKIP_THRESHOLD)
+    limited = grid.band_limit(enhanced, (grid.NETWORK_VOXEL_SIZE_A,) * 3, vmap.resolution_A,
+                              BAND_EDGE)
+    return grid.resample_to_grid(limited, grid.NETWORK_VOXEL_SIZE_A, vmap.grid.shape_zyx,
+                                 vmap.grid.voxel_size_zyx)
+
+
+def score_network(model, vmaps: Sequence[ValidationMap], device, precision=None) -> dict:
+    """Mean CC_box and CC_mask of the network's enhanced validation maps: ``real_cc_box``,
+    ``real_cc_mask`` and their mean ``real_cc`` (what a checkpoint is chosen by)."""
+    from cryosamu_cli.enhance import NetworkPredictor
+
+    predict = NetworkPredictor(model, device, 0, precision)
+    rows = [vmap.scores(enhanced_like_enhance(predict, vmap)) for vmap in vmaps]
+    mean = mean_scores(rows)
+    return {"real_cc_box": mean["cc_box"], "real_cc_mask": mean["cc_mask"],
+            "real_cc": (mean["cc_box"] + mean["cc_mask"]) / 2}

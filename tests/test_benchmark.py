@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import matplotlib.image
+import mrcfile
 import pytest
 from typer.testing import CliRunner
 
@@ -74,19 +75,29 @@ def test_quality_report_tables_json_and_plots(tmp_path, pairs_csv, tiny_checkpoi
     out, plots = tmp_path / "q.json", tmp_path / "plots"
     result = runner.invoke(app, ["benchmark", "quality", str(pairs_csv), "--role", "eval",
                                  "--weights", str(tiny_checkpoint), "--json", str(out),
-                                 "--csv", str(tmp_path / "q.csv"), "--plots", str(plots)])
+                                 "--csv", str(tmp_path / "q.csv"), "--plots", str(plots),
+                                 "--full-band", "--work-dir", str(tmp_path / "maps")])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     pairs = {p["name"]: p for p in report["pairs"]}
     assert set(pairs) == {"mono", "nores"}
     assert pairs["nores"]["skipped"] == "no resolution given"
     maps = pairs["mono"]["maps"]
-    assert set(maps) == {"deposited", "cryosamu", "b_sharpened", "copy"}
+    assert set(maps) == {"deposited", "deposited_truncated", "cryosamu", "cryosamu_full_band",
+                         "b_sharpened", "copy"}
     for scores in maps.values():
         assert {"cc_box", "cc_mask", "cc_volume", "cc_peaks", "fsc05", "rscc"} <= set(scores)
         assert len(scores["rscc"]) == 369
     assert maps["deposited"]["cc_mask"] == pytest.approx(0.617, abs=0.01)  # cctbx: 0.617
     assert maps["copy"]["cc_box"] == maps["deposited"]["cc_box"]
+    # the deposited map truncated at 6.6 Å (cctbx on the same file: CC_mask 0.670)
+    assert maps["deposited_truncated"]["cc_mask"] == pytest.approx(0.670, abs=0.01)
+    labels = {}
+    for label in ("cryosamu", "cryosamu_full_band"):
+        with mrcfile.open(tmp_path / "maps" / f"mono_{label}.mrc") as mrc:
+            labels[label] = bytes(mrc.header.label[mrc.header.nlabl - 1]).decode()
+    assert "res 6.60 A (--resolution)" in labels["cryosamu"]
+    assert "full band" in labels["cryosamu_full_band"]
     for name in ("mono_fsc.png", "mono_rscc.png", "metrics_boxplot.png"):
         _assert_png(plots / name)
 

@@ -75,6 +75,9 @@ def quality_cmd(
     role: Annotated[Optional[str], typer.Option(help="Only rows whose role/split is this.")] = None,
     backend: Annotated[str, typer.Option(help="native, or cctbx (needs cctbx-base).")] = "native",
     sharpen: Annotated[bool, typer.Option(help="Score a global B-factor-sharpened baseline.")] = True,
+    full_band: Annotated[bool, typer.Option(
+        "--full-band", help="Also score the network's output without the band limit "
+        "(enhance --resolution none).")] = False,
     work_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="Keep enhanced and "
                                                      "sharpened maps here.")] = None,
     json_path: JsonOpt = None,
@@ -88,7 +91,8 @@ def quality_cmd(
     with user_errors():
         pairs = bench.read_pairs(pairs_csv, role=role)
         report = bench.quality_report(pairs=pairs, weights=weights, device=device,
-                                      backend=backend, sharpen=sharpen, work_dir=work_dir,
+                                      backend=backend, sharpen=sharpen, full_band=full_band,
+                                      work_dir=work_dir,
                                       on_pair=lambda name: console.print(f"scoring {name}"))
         rows = bench.quality_rows(report)
         _write_outputs(bench, {"version": bench.__version__, "backend": backend,

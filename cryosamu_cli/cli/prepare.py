@@ -39,9 +39,9 @@ def prepare_cmd(
     max_res: Annotated[float, typer.Option("--max-res", help="Refuse maps coarser than this (Å).")] = 10.0,
     min_cc: Annotated[float, typer.Option("--min-cc", help="Filter pairs whose map–model "
                                           "CC_mask is below this.")] = 0.65,
-    simulate_from: Annotated[Optional[Path], typer.Option(
+    simulate_from: Annotated[Optional[list[Path]], typer.Option(
         "--simulate-from", file_okay=False, help="Folder of models to simulate "
-        "experimental-like pairs from.")] = None,
+        "experimental-like pairs from (may be repeated).")] = None,
     noise_reference: Annotated[Optional[Path], typer.Option(
         "--noise-reference", dir_okay=False, help="Real map whose noise spectrum the "
         "simulated maps follow.")] = None,
@@ -49,6 +49,12 @@ def prepare_cmd(
     simulate_repeats: Annotated[int, typer.Option(
         "--simulate-repeats", min=1, help="Simulated maps per model, each with its own "
         "degradation.")] = 1,
+    degrade_real: Annotated[int, typer.Option(
+        "--degrade-real", min=0, help="Copies of every real pair degraded to a random "
+        "4.5-8 Å (blur, noise with the map's own spectrum, half of them low-passed).")] = 0,
+    target_resolution: Annotated[str, typer.Option(
+        "--target-resolution", metavar="R|input", help="Resolution of the eq. 1 target in Å "
+        "(the paper: 2), or 'input': each map's own (degraded) resolution.")] = "2",
     dedup_identity: Annotated[Optional[float], typer.Option(
         "--dedup-identity", help="Keep one pair per group of models above this sequence "
         "identity (the paper: 0.3); needs biotite.")] = None,
@@ -81,11 +87,14 @@ def prepare_cmd(
         embedder = None if no_struct else _esm_embedder(esm_weights)
         options = dataset.PrepareOptions(min_resolution_A=min_res, max_resolution_A=max_res,
                                          min_cc_mask=min_cc, dedup_identity=dedup_identity,
-                                         target_bfactors=target_bfactors)
+                                         target_bfactors=target_bfactors,
+                                         target_resolution_A=dataset.parse_target_resolution(
+                                             target_resolution))
         manifest = dataset.prepare_data(
             pairs_csv=pairs_csv or pairs_option, output_dir=output_dir, options=options,
-            workers=workers, role=role, simulate_from=simulate_from, noise_reference=noise_reference, seed=seed,
-            simulate_repeats=simulate_repeats,
+            workers=workers, role=role, simulate_from=simulate_from,
+            noise_reference=noise_reference, seed=seed, simulate_repeats=simulate_repeats,
+            degrade_real=degrade_real,
             embedder=embedder, on_plan=lambda n: bar.update(task, total=n), on_pair=finished,
             download_progress=downloading)
     table = Table("pair", "split", "status", "cubes", "CC_mask", "resolution", "reason")

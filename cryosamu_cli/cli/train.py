@@ -43,6 +43,13 @@ def train_cmd(
     max_steps: Annotated[Optional[int], typer.Option(help="Cap on steps per epoch "
                                                      "(smoke tests).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT/last.pt.")] = False,
+    init_weights: Annotated[Optional[Path], typer.Option(
+        "--init-weights", dir_okay=False, help="Start from this checkpoint's weights "
+        "(fine-tuning; same network).")] = None,
+    validate_on: Annotated[Optional[Path], typer.Option(
+        "--validate-on", dir_okay=False, help="Pairs CSV whose 'val' rows, degraded to 5 and "
+        "6.5 Å, are enhanced each epoch and scored by CC_box/CC_mask; best.pt is chosen by "
+        "their mean.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of weights, shuffling and augmentation.")] = 0,
 ) -> None:
     """Train the U-Net on a prepare-data folder (one process, or many under torchrun)."""
@@ -52,7 +59,9 @@ def train_cmd(
                                    learning_rate=learning_rate, seed=seed, no_struct=no_struct,
                                    preset=preset, base_channels=base_channels,
                                    precision=precision, augment=not no_augment,
-                                   crop_size=crop_size, max_steps_per_epoch=max_steps)
+                                   crop_size=crop_size, max_steps_per_epoch=max_steps,
+                                   init_weights=str(init_weights) if init_weights else None,
+                                   validate_on=str(validate_on) if validate_on else None)
     with user_errors():
         summary = train_lib.train(data_dir=data_dir, run_dir=run_dir, config=config,
                                   resume=resume, on_epoch=_print_epoch)
@@ -65,5 +74,8 @@ def train_cmd(
 def _print_epoch(record: dict) -> None:
     val = ("" if record["val_loss"] is None else
            f", val loss {record['val_loss']:.4g}, val CC {record['val_cc']:.3f}")
+    if "real_cc" in record:
+        val += (f", real maps CC_box {record['real_cc_box']:.3f} CC_mask "
+                f"{record['real_cc_mask']:.3f}")
     console.print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4g}{val} "
                   f"({record['seconds']:.0f} s)")

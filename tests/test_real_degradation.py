@@ -1,0 +1,119 @@
+"""Real maps degraded to 4–8 Å (data pipeline and validation), targets at the input's
+resolution, and training that fine-tunes and chooses its checkpoint on degraded real maps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cryosamu_cli import dataset, degrade, grid, mapio, metrics, train, validation
+from cryosamu_cli.errors import ConfigError
+from cryosamu_cli.pairs import Pair, read_pairs
+from cryosamu_cli.weights import load_model, save_checkpoint
+from tests.test_train import _config, data_dir  # noqa: F401  (the fixture is shared)
+
+
+@pytest.fixture
+def small_pair_csv(shared_data, tmp_path):
+    path = tmp_path / "pairs.csv"
+    folder = shared_data / "pairs" / "emd-2566"
+    path.write_text("name,map,model,resolution,split\n"
+                    f"mito,{folder}/2566_3J6B_9.mrc,{folder}/3J6B_9.pdb,3.2,val\n")
+    return path
+
+
+def _shell_snr(signal: np.ndarray, noise: np.ndarray, voxel, resolution_A: float) -> float:
+    frequency, s_power = degrade.radial_power_spectrum(signal, voxel)
+    _, n_power = degrade.radial_power_spectrum(noise, voxel)
+    return float(np.interp(1 / resolution_A, frequency, s_power / n_power))
+
+
+def test_degraded_real_map_has_the_snr_of_an_fsc_0143_shell_at_its_resolution(shared_data):
+    data, g = mapio.read_map(shared_data / "pairs/emd-2566/2566_3J6B_9.mrc")
+    voxel = g.voxel_size_zyx
+    raw, record = degrade.degraded_real_map(data, voxel, 6.0, seed=4, low_pass=False)
+    blurred, _ = grid.bfactor_sharpen(data, voxel, 1.0, b_factor=-record.b_blur)
+    assert record.b_blur == 72.0 and record.resolution_A == 6.0 and not record.low_pass
+    # the added noise is what the map lost: signal/noise power at 1/6 Å is 2·0.143/0.857
+    snr = _shell_snr(blurred, raw - blurred, voxel, 6.0)
+    assert snr == pytest.approx(degrade.SNR_AT_RESOLUTION, rel=0.25)
+    again, _ = degrade.degraded_real_map(data, voxel, 6.0, seed=4, low_pass=False)
+    assert np.array_equal(raw, again)  # seeded
+    limited, record = degrade.degraded_real_map(data, voxel, 6.0, seed=4)
+    assert record.low_pass
+    frequency, power = degrade.radial_power_spectrum(limited, voxel)
+    _, raw_power = degrade.radial_power_spectrum(raw, voxel)
+    beyond = frequency > 1 / 6.0 + 0.01
+    assert power[beyond].sum() < 1e-6 * raw_power[beyond].sum()
+
+
+def test_degraded_real_pairs_in_prepare_data_with_targets_at_their_resolution(small_pair_csv,
+                                                                              tmp_path):
+    manifest = dataset.prepare_data(pairs_csv=small_pair_csv, output_dir=tmp_path / "d",
+                                    degrade_real=2, seed=1,
+                                    options=dataset.PrepareOptions(target_resolution_A=None))
+    entries = {e["name"]: e for e in manifest["pairs"]}
+    assert set(entries) == {"mito", "mito-d1", "mito-d2"}
+    assert {e["split"] for e in entries.values()} == {"val"}  # the pair's split, by map
+    assert entries["mito"]["target_resolution_A"] == 3.2
+    for name in ("mito-d1", "mito-d2"):
+        entry = entries[name]
+        low, high = dataset.DEGRADE_REAL_RANGE_A
+        assert low <= entry["resolution_A"] <= high and entry["cubes"] > 0
+        assert entry["degradation"]["resolution_A"] == entry["resolution_A"]
+        assert entry["target_resolution_A"] == entry["resolution_A"]
+    assert entries["mito-d1"]["degradation"]["low_pass"] != \
+        entries["mito-d2"]["degradation"]["low_pass"]
+    # the degraded input is blurrier than the original's and its target matches it:
+    # the target at the input's resolution correlates better with the input than a 2 Å one
+    shard = np.load(tmp_path / "d" / entries["mito-d1"]["shard"]).astype(np.float32)
+    assert metrics.pearson(shard[:, 0], shard[:, 1]) > 0.5
+    assert manifest["target"]["resolution_A"] == "the input's"
+    assert dataset.parse_target_resolution("input") is None
+    assert dataset.parse_target_resolution("2") == 2.0
+    with pytest.raises(ConfigError, match="target-resolution"):
+        dataset.parse_target_resolution("sharp")
+
+
+def test_validation_maps_score_the_model_map_as_perfect_and_refuse_eval_pairs(small_pair_csv):
+    (vmap, raw) = validation.validation_maps_from_csv(str(small_pair_csv))
+    assert (vmap.name, raw.name) == ("mito@5A", "mito@6.5A-raw")
+    assert vmap.scores(vmap.model_map) == pytest.approx({"cc_box": 1.0, "cc_mask": 1.0})
+    deposited = vmap.scores(vmap.data)
+    assert 0.2 < deposited["cc_mask"] < 0.95
+    (pair,) = read_pairs(small_pair_csv)
+    evaluation = Pair(pair.name, pair.map_path, pair.model_path, 6.6, "eval")
+    with pytest.raises(ConfigError, match="eval pair"):
+        validation.validation_maps([evaluation])
+    with pytest.raises(ConfigError, match="no row with split 'train'"):
+        validation.validation_maps_from_csv(str(small_pair_csv), split="train")
+
+
+def test_training_fine_tunes_and_chooses_best_by_the_real_maps(data_dir, tiny_config,  # noqa: F811
+                                                                small_pair_csv, tmp_path):
+    from cryosamu_cli.model.unet import UNet3D
+
+    torch.manual_seed(5)
+    start = save_checkpoint(tmp_path / "start.pt", UNet3D.from_config(tiny_config))
+    run = tmp_path / "run"
+    summary = train.train(data_dir=data_dir, run_dir=run, model_config=tiny_config,
+                          config=_config(epochs=2, learning_rate=0.0,
+                                         init_weights=str(start),
+                                         validate_on=str(small_pair_csv)))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all({"real_cc_box", "real_cc_mask", "real_cc"} <= set(r) for r in records)
+    # learning rate 0: the weights are the starting checkpoint's, the scores repeat
+    for name, tensor in load_model(start).state_dict().items():
+        assert torch.equal(tensor, load_model(run / "last.pt").state_dict()[name]), name
+    assert records[0]["real_cc"] == pytest.approx(records[1]["real_cc"], abs=1e-6)
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["epoch"] == 1 and best["real_cc"] == pytest.approx(records[0]["real_cc"])
+    assert summary["epochs"] == 2
+    other = save_checkpoint(tmp_path / "other.pt", UNet3D.from_config(
+        tiny_config.__class__(**{**tiny_config.to_dict(), "base_channels": 16})))
+    with pytest.raises(ConfigError, match="different network"):
+        train.train(data_dir=data_dir, run_dir=tmp_path / "r2", model_config=tiny_config,
+                    config=_config(init_weights=str(other)))
