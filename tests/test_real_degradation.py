@@ -117,3 +117,23 @@ def test_training_fine_tunes_and_chooses_best_by_the_real_maps(data_dir, tiny_co
     with pytest.raises(ConfigError, match="different network"):
         train.train(data_dir=data_dir, run_dir=tmp_path / "r2", model_config=tiny_config,
                     config=_config(init_weights=str(other)))
+
+
+def test_validation_enhances_exactly_as_enhance_does(small_pair_csv, tiny_checkpoint, tmp_path):
+    # validation.enhanced_like_enhance repeats enhance_map's steps (1 Å grid, normalisation,
+    # tiles, band limit, back): this keeps the two from drifting apart
+    from cryosamu_cli import enhance
+    from cryosamu_cli.enhance import NetworkPredictor
+
+    (vmap, _) = validation.validation_maps_from_csv(str(small_pair_csv))
+    source = tmp_path / "degraded.mrc"
+    mapio.write_map(source, vmap.data, vmap.grid)
+    enhance.enhance_map(input_path=source, output_path=tmp_path / "out.mrc",
+                        weights=tiny_checkpoint, resolution=vmap.resolution_A,
+                        precision="fp32")
+    by_enhance, _ = mapio.read_map(tmp_path / "out.mrc")
+    model = load_model(tiny_checkpoint)
+    by_validation = validation.enhanced_like_enhance(
+        NetworkPredictor(model, torch.device("cpu")), vmap)
+    span = float(by_enhance.max() - by_enhance.min())
+    assert np.abs(by_validation - by_enhance).max() < 1e-3 * span
