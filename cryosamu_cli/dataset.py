@@ -52,6 +52,7 @@ class PrepareOptions:
     dedup_identity: float | None = None
     target_bfactors: bool = False
     target_resolution_A: float | None = TARGET_RESOLUTION_A
+    degradation: str = degrade.DEGRADATION_KINDS[0]
     cube_size: int = CUBE_SIZE
     padding: int = PADDING
 
@@ -105,8 +106,9 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
         simulate_repeats: Simulated maps per model, each with its own degradation; the
             repeats are named ``sim-<stem>-r<k>`` and share the split of ``sim-<stem>``.
         degrade_real: Copies of every real pair degraded to a random 4.5–8 Å
-            (:func:`cryosamu_cli.degrade.degraded_real_map`, half of them low-passed), named
-            ``<pair>-d<k>``, in the pair's split, with the degradation recorded.
+            (:func:`cryosamu_cli.degrade.degraded_real_map`, half of them low-passed; with
+            ``options.degradation == "realistic"`` copies 1, 2, 5, 6, … keep a masked map's
+            mask), named ``<pair>-d<k>``, in the pair's split, with the degradation recorded.
         embedder: Model atoms → ``800 × 512`` structure embedding (ESM-IF1 + pooling,
             :func:`cryosamu_cli.embed.embed_structure`); saved as ``embeddings/<name>.npy``
             for every pair that is ``ok``. None: no embeddings (``--no-struct``).
@@ -122,6 +124,7 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
         ConfigError: Nothing to prepare, or a missing noise reference.
     """
     output_dir = Path(output_dir)
+    degrade.check_kind(options.degradation)
     jobs = _jobs(pairs_csv, role, simulate_from, noise_reference, seed, simulate_repeats,
                  degrade_real)
     (output_dir / "shards").mkdir(parents=True, exist_ok=True)
@@ -300,7 +303,7 @@ def prepare_simulated(job: _SimulationJob, output_dir: Path, options: PrepareOpt
         else:
             rng = np.random.default_rng(job.seed)
             raw, target, grid_info, params = degrade.simulated_pair(
-                atoms, job.reference, rng, options.target_resolution_A)
+                atoms, job.reference, rng, options.target_resolution_A, options.degradation)
             entry.update(_store(raw, target, grid_info, job.name, output_dir, options),
                          filters=filters, degradation=params.to_dict(),
                          resolution_A=round(params.resolution_A, 3))
@@ -366,9 +369,10 @@ def _prepare(pair: Pair, output_dir: Path, options: PrepareOptions, split: str,
         return {**info, "status": "filtered",
                 "reason": f"map-model CC_mask {cc:.3f} below {options.min_cc_mask}"}
     if degraded is not None:
-        data, record = degrade.degraded_real_map(data, grid_info.voxel_size_zyx,
-                                                 degraded.resolution_A, degraded.seed,
-                                                 low_pass=degraded.low_pass)
+        data, record = degrade.degraded_real_map(
+            data, grid_info.voxel_size_zyx, degraded.resolution_A, degraded.seed,
+            low_pass=degraded.low_pass,
+            keep_mask=options.degradation == "realistic" and degraded.index % 4 in (1, 2))
         info["degradation"] = record.to_dict()
         resolution = degraded.resolution_A
     target_resolution = options.target_resolution_A or resolution

@@ -11,6 +11,20 @@ The degradation model, applied to every model with its own random draw:
 5. noise whose radial power spectrum follows a real map's (``noise_reference``), scaled to a
    random signal-to-noise ratio (signal s.d. / noise s.d.) of 0.7–3.
 
+``realistic`` draws (``prepare-data --degradation realistic``, the default) add what deposited
+maps have and steps 1–5 lack, as measured by ``benchmarks/simulation_realism.py`` (real maps
+are sharpened, low-passed, mostly masked, and their resolution varies across the molecule
+and with direction):
+
+6. local resolution: atoms further from the model's centre are blurred more, by up to
+   ``b_periphery`` (0–150 Å²) at the rim, growing with the squared distance;
+7. anisotropy (half of the maps): an extra B of 0–150 Å² along one random direction, as a
+   preferred orientation leaves;
+8. post-processing: 70 % of the maps sharpened by 50–100 % of their fitted B and low-passed
+   with a cosine edge from 0.75/R to 1/R (as depositors' FSC weighting does), the rest
+   low-passed so or left raw;
+9. masking (75 % of the maps): a soft mask 3–8 Å beyond the atoms, zero outside.
+
 The target is eq. 1 without the B-factors, on the same 1 Å grid, at 2 Å (the paper) or at
 the map's drawn resolution (``prepare-data --target-resolution input``).
 
@@ -18,8 +32,8 @@ Real maps at 3–4 Å are brought to a chosen 4–8 Å resolution by :func:`degr
 (validation and training pairs that keep everything a real map has: solvent, masking,
 unmodelled density, local resolution): a B-factor blur, noise with the map's own radial power
 spectrum scaled so that the signal-to-noise ratio of the shell at the new resolution is that of
-a map whose half-map FSC crosses 0.143 there, and the low-pass at that resolution that
-depositors' post-processing applies.
+a map whose half-map FSC crosses 0.143 there, the low-pass at that resolution that
+depositors' post-processing applies, and (``keep_mask``) the input's own mask put back.
 """
 
 from __future__ import annotations
@@ -30,11 +44,17 @@ import numpy as np
 from scipy import ndimage
 
 from cryosamu_cli import mapio, metrics
-from cryosamu_cli.grid import band_limit, bfactor_sharpen
+from cryosamu_cli.errors import ConfigError
+from cryosamu_cli.grid import band_limit, bfactor_sharpen, fitted_b_factor, soft_mask
+from cryosamu_cli.map_statistics import background_mask, radial_power_spectrum
 from cryosamu_cli.simulate import simulate_density
 from cryosamu_cli.structure import Atoms
 
 MARGIN_A = 12.0
+DEGRADATION_KINDS = ("realistic", "basic")
+# The low-pass of simulated post-processing: a cosine from 0.75/R to 1/R, the roll-off that
+# FSC weighting gives a deposited map towards its resolution.
+POST_PROCESS_EDGE = (0.75, 1.0)
 
 
 @dataclass(frozen=True)
@@ -46,22 +66,18 @@ class Degradation:
     shift_A: tuple[float, float, float]
     blobs: int
     snr: float
+    # realistic draws only (zero/False: not applied)
+    b_periphery: float = 0.0
+    b_anisotropic: float = 0.0
+    anisotropy_direction_xyz: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    sharpen_fraction: float = 0.0
+    low_pass: bool = False
+    mask_radius_A: float = 0.0
 
     def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else round(v, 4) if isinstance(v, float)
-                    else v) for k, v in asdict(self).items()}
-
-
-def radial_power_spectrum(volume: np.ndarray,
-                          voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean power per Fourier shell: ``(frequency in 1/Å, power)``, up to Nyquist."""
-    shells, width = metrics.shell_index(volume.shape, voxel_size_zyx)
-    spectrum = np.abs(np.fft.rfftn(volume - volume.mean())) ** 2
-    n_shells = int(min(0.5 / v for v in voxel_size_zyx) / width) + 1
-    flat, keep = shells.ravel(), shells.ravel() < n_shells
-    power = np.bincount(flat[keep], weights=spectrum.ravel()[keep], minlength=n_shells)
-    counts = np.bincount(flat[keep], minlength=n_shells)
-    return np.arange(n_shells) * width, power / np.maximum(counts, 1)
+        return {k: ([round(x, 4) for x in v] if isinstance(v, tuple)
+                    else round(v, 4) if isinstance(v, float) else v)
+                for k, v in asdict(self).items()}
 
 
 def shaped_noise(shape_zyx: tuple[int, int, int], voxel_A: float, reference: tuple,
@@ -84,6 +100,7 @@ class RealDegradation:
     noise_sd: float
     low_pass: bool
     seed: int
+    masked: bool = False
 
     def to_dict(self) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -91,11 +108,12 @@ class RealDegradation:
 
 def degraded_real_map(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A: float,
                       seed: int, b_blur: float | None = None, low_pass: bool = True,
-                      ) -> tuple[np.ndarray, RealDegradation]:
+                      keep_mask: bool = False) -> tuple[np.ndarray, RealDegradation]:
     """A real map ``data[z, y, x]`` brought to ``resolution_A``: blurred by ``b_blur`` (default
     ``2 R²`` Å², the amplitude at 1/R falls to e^-0.5), plus noise shaped like the map's own
-    radial power spectrum at the SNR of an FSC = 0.143 shell at 1/R, and (``low_pass``)
-    truncated at R as post-processed deposited maps are.
+    radial power spectrum at the SNR of an FSC = 0.143 shell at 1/R, (``low_pass``)
+    truncated at R as post-processed deposited maps are, and (``keep_mask``) set back to the
+    input's constant outside the input's mask (a soft edge of 2 voxels) when it is masked.
 
     Returns:
         ``(degraded map, record)``; the map keeps the input's shape and units.
@@ -111,8 +129,12 @@ def degraded_real_map(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resol
     degraded = blurred + noise_sd * noise
     if low_pass:
         degraded = band_limit(degraded, voxel_size_zyx, resolution_A)
+    mask = background_mask(data) if keep_mask else None
+    if mask is not None:
+        inside, background = mask
+        degraded = background + (degraded - background) * soft_mask(inside, edge_voxels=2.0)
     return degraded.astype(np.float32), RealDegradation(resolution_A, float(b_blur), noise_sd,
-                                                        low_pass, seed)
+                                                        low_pass, seed, mask is not None)
 
 
 def _shaped_noise_on(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...],
@@ -133,38 +155,111 @@ def _shell_power(volume: np.ndarray, voxel_size_zyx: tuple[float, ...],
     return float(np.interp(1.0 / resolution_A, frequency, power))
 
 
-def draw(rng: np.random.Generator) -> Degradation:
-    """One random degradation."""
-    return Degradation(resolution_A=float(rng.uniform(4.0, 8.0)),
-                       b_global=float(rng.uniform(20.0, 120.0)),
-                       shift_A=tuple(float(x) for x in rng.uniform(0.0, 1.0, 3)),
-                       blobs=int(rng.integers(0, 4)), snr=float(rng.uniform(0.7, 3.0)))
+def check_kind(kind: str) -> str:
+    """``kind`` if it names a degradation model.
+
+    Raises:
+        ConfigError: It does not.
+    """
+    if kind not in DEGRADATION_KINDS:
+        raise ConfigError(f"unknown degradation {kind!r}: use one of {', '.join(DEGRADATION_KINDS)}")
+    return kind
+
+
+def draw(rng: np.random.Generator, kind: str = "basic") -> Degradation:
+    """One random degradation: steps 1–5 (``basic``), or 1–9 (``realistic``)."""
+    basic = dict(resolution_A=float(rng.uniform(4.0, 8.0)),
+                 b_global=float(rng.uniform(20.0, 120.0)),
+                 shift_A=tuple(float(x) for x in rng.uniform(0.0, 1.0, 3)),
+                 blobs=int(rng.integers(0, 4)), snr=float(rng.uniform(0.7, 3.0)))
+    if check_kind(kind) == "basic":
+        return Degradation(**basic)
+    direction = rng.standard_normal(3)
+    sharpen = rng.random() < 0.7
+    return Degradation(
+        **basic, b_periphery=float(rng.uniform(0.0, 150.0)),
+        b_anisotropic=float(rng.uniform(0.0, 150.0)) if rng.random() < 0.5 else 0.0,
+        anisotropy_direction_xyz=tuple(float(x) for x in direction / np.linalg.norm(direction)),
+        sharpen_fraction=float(rng.uniform(0.5, 1.0)) if sharpen else 0.0,
+        low_pass=bool(sharpen or rng.random() < 0.5),
+        mask_radius_A=float(rng.uniform(3.0, 8.0)) if rng.random() < 0.75 else 0.0)
 
 
 def simulated_pair(atoms: Atoms, reference: tuple, rng: np.random.Generator,
-                   target_resolution_A: float | None = 2.0,
+                   target_resolution_A: float | None = 2.0, kind: str = "basic",
                    ) -> tuple[np.ndarray, np.ndarray, mapio.GridInfo, Degradation]:
     """An experimental-like map and its eq. 1 target for one model, on a 1 Å grid; the target
     is at ``target_resolution_A`` (None: the map's own drawn resolution), without B-factors.
+    ``kind``: the degradation model, ``basic`` (steps 1–5) or ``realistic`` (1–9).
 
     Returns:
         ``(map, target, grid, degradation)``; both volumes are raw (not normalised).
     """
-    params = draw(rng)
+    params = draw(rng, kind)
     low = atoms.xyz.min(axis=0) - MARGIN_A - np.asarray(params.shift_A)
     shape_xyz = np.ceil(atoms.xyz.max(axis=0) + MARGIN_A - low).astype(int) + 1
     shape = tuple(int(n) for n in shape_xyz[::-1])
     geometry = (shape, (1.0, 1.0, 1.0), tuple(low))
     residue_factor = rng.lognormal(0.0, 0.5, len(atoms.residues))
-    extra_b = params.b_global * residue_factor[atoms.residue_index]
+    extra_b = (params.b_global * residue_factor[atoms.residue_index]
+               + _periphery_b(atoms.xyz, params.b_periphery))
     clean = simulate_density(atoms.xyz, atoms.atomic_number, *geometry, params.resolution_A,
                              extra_b=extra_b)
     experimental = clean + _blobs(atoms, low, shape, clean.max(), params.blobs, rng)
     experimental += 0.03 * clean.max() * _smooth_unit_noise(shape, 6.0, rng)
     experimental += clean.std() / params.snr * shaped_noise(shape, 1.0, reference, rng)
+    experimental = _post_processed(experimental, atoms.xyz - low, params)
     target = simulate_density(atoms.xyz, atoms.atomic_number, *geometry,
                               target_resolution_A or params.resolution_A)
     return experimental.astype(np.float32), target, _grid_of(shape, low), params
+
+
+def _periphery_b(xyz: np.ndarray, b_periphery: float) -> np.ndarray:
+    """Per-atom extra B growing as the squared distance from the centre, ``b_periphery`` at
+    the furthest atom (local resolution worse at the rim, as real maps have)."""
+    distance2 = ((xyz - xyz.mean(axis=0)) ** 2).sum(axis=1)
+    return b_periphery * distance2 / max(float(distance2.max()), 1e-12)
+
+
+def _post_processed(volume: np.ndarray, local_xyz: np.ndarray,
+                    params: Degradation) -> np.ndarray:
+    """Steps 7–9 on a 1 Å map whose first voxel is at the origin of ``local_xyz``."""
+    if params.b_anisotropic > 0:
+        volume = anisotropic_blur(volume, params.b_anisotropic, params.anisotropy_direction_xyz)
+    b_sharpen = params.sharpen_fraction * fitted_b_factor(volume, (1.0, 1.0, 1.0),
+                                                         params.resolution_A)
+    if params.low_pass:
+        volume = band_limit(volume, (1.0, 1.0, 1.0), params.resolution_A, POST_PROCESS_EDGE)
+    if b_sharpen > 0:  # after the low-pass (always drawn with sharpening): nothing beyond R
+        volume, _ = bfactor_sharpen(volume, (1.0, 1.0, 1.0), params.resolution_A, b_sharpen)
+    if params.mask_radius_A > 0:
+        volume = volume * molecular_envelope(local_xyz, volume.shape, params.mask_radius_A)
+    return volume.astype(np.float32)
+
+
+def anisotropic_blur(volume: np.ndarray, b_factor: float,
+                     direction_xyz: tuple[float, float, float]) -> np.ndarray:
+    """Blur a 1 Å map by ``exp(-B (s·n)² / 4)``: B-factor ``b_factor`` along the unit vector
+    ``direction_xyz`` only (resolution worse along one direction)."""
+    nz, ny, nx = volume.shape
+    fz = np.fft.fftfreq(nz)[:, None, None]
+    fy = np.fft.fftfreq(ny)[None, :, None]
+    fx = np.fft.rfftfreq(nx)[None, None, :]
+    dx, dy, dz = direction_xyz
+    along = fx * dx + fy * dy + fz * dz
+    spectrum = np.fft.rfftn(volume) * np.exp(-b_factor * along ** 2 / 4.0)
+    return np.fft.irfftn(spectrum, s=volume.shape, axes=(0, 1, 2)).astype(np.float32)
+
+
+def molecular_envelope(local_xyz: np.ndarray, shape_zyx: tuple[int, ...], radius_A: float,
+                       edge_voxels: float = 3.0) -> np.ndarray:
+    """A soft mask (1 Å grid) within ``radius_A`` of any atom, falling to 0 over
+    ``edge_voxels``: the mask depositors apply to a map."""
+    occupied = np.zeros(shape_zyx, bool)
+    index = np.clip(np.round(local_xyz[:, ::-1]).astype(int), 0, np.array(shape_zyx) - 1)
+    occupied[tuple(index.T)] = True
+    near = ndimage.distance_transform_edt(~occupied) <= radius_A
+    return soft_mask(near, edge_voxels=edge_voxels)
 
 
 def _blobs(atoms: Atoms, low: np.ndarray, shape: tuple[int, int, int], peak: float, count: int,

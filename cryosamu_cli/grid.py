@@ -191,6 +191,16 @@ def bfactor_sharpen(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolut
     return sharpened.astype(np.float32), float(b_factor)
 
 
+def fitted_b_factor(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A: float,
+                    fit_low_A: float = 10.0) -> float:
+    """The B (Å², ≥ 0) that :func:`bfactor_sharpen` would fit to ``data``'s amplitude fall-off."""
+    from cryosamu_cli.metrics import shell_index
+
+    shells, width = shell_index(data.shape, voxel_size_zyx)
+    return _fitted_b(np.fft.rfftn(data.astype(np.float64)), shells, width, resolution_A,
+                     fit_low_A)
+
+
 def _fitted_b(spectrum: np.ndarray, shells: np.ndarray, width: float, resolution_A: float,
               fit_low_A: float) -> float:
     """B from the slope of ln(mean power) against s² between ``fit_low_A`` and the resolution."""

@@ -55,6 +55,11 @@ def prepare_cmd(
     target_resolution: Annotated[str, typer.Option(
         "--target-resolution", metavar="R|input", help="Resolution of the eq. 1 target in Å "
         "(the paper: 2), or 'input': each map's own (degraded) resolution.")] = "2",
+    degradation: Annotated[str, typer.Option(
+        "--degradation", metavar="realistic|basic", help="How simulated maps and degraded "
+        "real copies are made: 'realistic' adds sharpening, low-pass, masks, local resolution "
+        "and anisotropy (and keeps real maps' masks on half the copies); 'basic' is "
+        "cryosamu-light-v1/v2's.")] = "realistic",
     dedup_identity: Annotated[Optional[float], typer.Option(
         "--dedup-identity", help="Keep one pair per group of models above this sequence "
         "identity (the paper: 0.3); needs biotite.")] = None,
@@ -89,7 +94,7 @@ def prepare_cmd(
                                          min_cc_mask=min_cc, dedup_identity=dedup_identity,
                                          target_bfactors=target_bfactors,
                                          target_resolution_A=dataset.parse_target_resolution(
-                                             target_resolution))
+                                             target_resolution), degradation=degradation)
         manifest = dataset.prepare_data(
             pairs_csv=pairs_csv or pairs_option, output_dir=output_dir, options=options,
             workers=workers, role=role, simulate_from=simulate_from,
