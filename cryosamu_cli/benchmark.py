@@ -369,6 +369,7 @@ def _plot_fsc(pair: PairQuality, path: Path) -> Path:
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set(xlabel="spatial frequency (1/Å)", ylabel="map–model FSC", title=pair.name)
     ax.legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -379,16 +380,25 @@ def _plot_rscc(pair: PairQuality, path: Path) -> Path:
         ax.plot([r["cc"] for r in scores["rscc"]], lw=0.8, label=label)
     ax.set(xlabel="residue (model order)", ylabel="RSCC", title=pair.name, ylim=(-0.2, 1.0))
     ax.legend(fontsize=7)
+    fig.tight_layout()  # keeps the x label inside the short figure
     return _save(fig, path)
 
 
+MIN_BOX_POINTS = 5
+
+
 def _plot_metric_boxes(report: Sequence[PairQuality], path: Path) -> Path:
+    """Per metric, every pair's value per map kind as a point (a box behind them from
+    :data:`MIN_BOX_POINTS` pairs on; a box of three points says nothing a point does not)."""
     plt = _pyplot()
     labels = sorted({label for p in report for label in p.maps})
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.5))
     for ax, metric in zip(axes, METRICS[:4]):
         values = [[p.maps[label][metric] for p in report if label in p.maps] for label in labels]
-        ax.boxplot(values)
+        if min(len(v) for v in values) >= MIN_BOX_POINTS:
+            ax.boxplot(values)
+        for position, points in enumerate(values, start=1):
+            ax.plot([position] * len(points), points, "o", ms=4, alpha=0.7)
         ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, fontsize=7)
         ax.set_title(metric)
     fig.tight_layout()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import re
-import time
 
 import torch
-from torch import nn
 
 from cryosamu_cli.errors import ConfigError, DeviceError
 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -41,41 +40,29 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: ``fp32`` → None; ``bf16``/``fp16`` as asked; ``auto`` → fp16 on
-    CUDA, bf16 on a CPU where a bf16 convolution is measured faster than fp32, else None."""
-    if choice not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"unknown precision '{choice}': use auto, fp32, bf16 or fp16")
+    """The autocast dtype: ``fp32`` → None; ``bf16``/``fp16`` as asked; ``auto`` → bf16 on a
+    CUDA device that supports it (fp16 on one that does not), fp32 on a CPU.
+
+    ``auto`` depends only on what the device is, never on a timing, so the same command on the
+    same machine always runs the same arithmetic. CPUs get fp32: bf16 convolutions were
+    measured slower than fp32 on every CPU we ran (1.5× on one with AVX-512 BF16, hundreds of
+    times on others; docs/performance.md) and cost accuracy (output correlation with fp32
+    about 0.997); ``--precision bf16`` is there for a CPU where it pays.
+    """
+    if choice not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{choice}': use {', '.join(PRECISIONS)}")
     if choice == "fp32":
         return None
     if choice != "auto":
         return torch.bfloat16 if choice == "bf16" else torch.float16
     if device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16 if bf16_is_faster_on_cpu() else None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
 
 
-def bf16_is_faster_on_cpu(repeats: int = 3) -> bool:
-    """Time a convolution shaped like the U-Net's (a batch of 2, 16 channels, 32³,
-    channels-last: the oneDNN path enhance takes) in fp32 and bf16, best of ``repeats``.
-    Some CPUs run bf16 convolutions hundreds of times slower than fp32; some with AVX-512
-    BF16 still run them about 1.5× slower, so only a measurement decides. (With a batch of
-    one, PyTorch sends small fp32 convolutions to a slow non-oneDNN path, which would make
-    bf16 look faster than it is.)"""
-    conv = nn.Conv3d(16, 16, 3, padding=1).to(memory_format=torch.channels_last_3d)
-    x = torch.rand(2, 16, 32, 32, 32).to(memory_format=torch.channels_last_3d)
-    best = {}
-    with torch.inference_mode():
-        for dtype in (torch.float32, torch.bfloat16):
-            layer, data = conv.to(dtype), x.to(dtype)
-            layer(data)
-            timings = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                layer(data)
-                timings.append(time.perf_counter() - started)
-            best[dtype] = min(timings)
-    # bf16 costs accuracy (output correlation with fp32 about 0.997): only a clear gain pays
-    return best[torch.bfloat16] < 0.75 * best[torch.float32]
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for an autocast dtype (None: fp32)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)

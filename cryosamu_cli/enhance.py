@@ -5,9 +5,12 @@ cubes through the network → stitch → limit to the resolution → resample ba
 → blend (strength, mask) → write with the input's header (plus the standard-deviation map and
 the half-map FSC when asked for).
 
-The written map is on the network's normalised scale: 0 is solvent and 1 corresponds to the
-99.9th percentile of the input's positive density after resampling to 1 Å (§3.2). The scale
-used is returned in :class:`EnhanceResult` and written into the output's labels.
+The network works on a normalised scale (0 is solvent, 1 the 99.9th percentile of the input's
+positive density after resampling to 1 Å, §3.2). The written map is, by default
+(``density_scale="input"``), in the input's units: scaled so that the 99.9th percentile of its
+positive density equals the input's, so contour levels chosen on the input carry over;
+``density_scale="normalised"`` writes the network's scale. The scale is recorded in
+:class:`EnhanceResult` and in the output's labels.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import torch
 from scipy import ndimage
 
 from cryosamu_cli import grid as grid_ops
-from cryosamu_cli import mapio, metrics, tiling
+from cryosamu_cli import mapio, memory, metrics, tiling
 from cryosamu_cli import resolution as resolution_ops
 from cryosamu_cli.atomic import write_text_atomic
-from cryosamu_cli.device import keep_freed_memory_for_reuse, resolve_device, resolve_precision
+from cryosamu_cli.device import (keep_freed_memory_for_reuse, precision_name, resolve_device,
+                                  resolve_precision)
 from cryosamu_cli.errors import ConfigError, CryosamuError, DeviceError, OutputError
 from cryosamu_cli.weights import DownloadProgress, load_model, resolve_weights
 
@@ -40,6 +44,7 @@ DEFAULT_SKIP_THRESHOLD = 0.05
 MASK_MODES = ("enhance-inside", "keep-inside")
 FSC_THRESHOLD = 0.143
 MASK_EDGE_VOXELS = 3.0
+DENSITY_SCALES = ("input", "normalised")
 # The band limit's edge, as (pass, stop) multiples of 1/R (grid.low_pass_weights): a raised
 # cosine from 0.9/R to 1.1/R (weight 0.5 at R), chosen for the shipped model on degraded real
 # validation maps with benchmarks/band_limit.py (docs/MODEL_CARD.md): best mean CC_box/CC_mask
@@ -64,6 +69,8 @@ class EnhanceResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     resolution: resolution_ops.ResolutionChoice = resolution_ops.ResolutionChoice(None,
                                                                                  "not given")
+    precision: str = "fp32"
+    density_scale: str = DENSITY_SCALES[0]
 
 
 class StageClock:
@@ -125,7 +132,7 @@ class Enhancer:
     @property
     def precision_name(self) -> str:
         """``fp32``, ``bf16`` or ``fp16``."""
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.precision]
+        return precision_name(self.precision)
 
     def run(self, volume: np.ndarray, *, run_mask: np.ndarray | None = None,
             progress: tiling.ProgressCallback | None = None,
@@ -209,6 +216,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                 strength: float = 1.0, confidence: int = 0,
                 skip_threshold: float = DEFAULT_SKIP_THRESHOLD, precision: str = "auto",
                 resolution: str | float | resolution_ops.ResolutionRequest | None = None,
+                density_scale: str = DENSITY_SCALES[0],
                 band_edge: tuple[float, float] = BAND_EDGE,
                 progress: tiling.ProgressCallback | None = None,
                 on_estimate: tiling.EstimateCallback | None = None,
@@ -230,15 +238,18 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
             written to ``<output>_fsc.json``.
         mask_path: Mask on the map's grid, used as ``mask_mode`` says with a soft edge.
         mask_mode: ``enhance-inside`` (input kept outside) or ``keep-inside`` (input kept inside).
-        strength: 1 = fully enhanced, 0 = the normalised input, between: a linear blend.
+        strength: 1 = fully enhanced, 0 = the input (on the output's density scale), between:
+            a linear blend.
         confidence: Monte-Carlo dropout passes (≥ 2); writes ``<output>_std.mrc``.
         skip_threshold: Cubes whose normalised input never exceeds this are not run.
-        precision: ``auto`` (fp16 on CUDA, bf16 on a CPU that runs it faster, else fp32),
-            ``fp32``, ``bf16`` or ``fp16``.
+        precision: ``auto`` (bf16 on CUDA, fp16 where it has no bf16, fp32 on CPU),
+            ``fp32``, ``bf16`` or ``fp16`` (:func:`cryosamu_cli.device.resolve_precision`).
         resolution: The map's resolution in Å (the output is limited to it), ``none`` (the
             network's full band), a CSV of path,resolution, or None: the half-map FSC = 0.143
             resolution with ``half2_path``, else the full band
             (:mod:`cryosamu_cli.resolution`).
+        density_scale: ``input`` (the output in the input's units, its 99.9th percentile of
+            positive density matched to the input's) or ``normalised`` (the network's scale).
         band_edge: The band limit's edge (:func:`cryosamu_cli.grid.low_pass_weights`).
         progress: ``progress(cubes_done, cubes_to_run)`` callback.
         on_estimate: ``on_estimate(cubes_to_run, seconds_per_cube)`` after the first cube.
@@ -250,9 +261,11 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
     """
     started, clock = time.perf_counter(), StageClock()
     _check_blend_options(strength, mask_path, mask_mode)
+    _check_density_scale(density_scale)
     request = resolution_ops.parse_resolution(resolution)
     outputs = _planned_outputs(Path(output_path), half2_path is not None, confidence > 0, force)
     data, grid, fsc_curve = _read_input(input_path, half2_path)
+    memory.check_enhance_fits(grid.shape_zyx, grid.voxel_size_zyx)
     half_map_resolution = fsc_curve.resolution_at(FSC_THRESHOLD) if fsc_curve else None
     limit = resolution_ops.choose_resolution(request, input_path, half_map_resolution,
                                              grid.voxel_size_zyx)
@@ -273,9 +286,12 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
     clock.lap("tiles")
     enhanced_1A = _limit_band(enhanced_1A, limit, band_edge)
     enhanced = _back_to_grid(enhanced_1A, grid)
-    enhanced = _blend_with_input(enhanced, data, norm, strength, mask, mask_mode)
+    enhanced, reference = _on_density_scale(enhanced, data, norm, density_scale)
+    enhanced = _blend_with_input(enhanced, reference, strength, mask, mask_mode)
     clock.lap("resample")
-    note = f"enhanced, 1 = {norm.scale:.4g} input units, {limit.label()}"
+    scale_note = ("input units" if density_scale == "input"
+                  else f"1 = {norm.scale:.4g} input units")
+    note = f"enhanced, {scale_note}, {limit.label()}, {enhancer.precision_name}"
     mapio.write_map(outputs["map"], enhanced, grid, force=force, note=note)
     extra = _write_extras(outputs, grid, std_1A, fsc_curve, limit, force)
     clock.lap("write")
@@ -283,7 +299,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
     return EnhanceResult(outputs["map"], enhancer.weights_path, str(enhancer.device),
                          time.perf_counter() - started, stats.cubes_total, stats.cubes_run,
                          stats.cubes_skipped, norm.scale, extra, half_map_resolution, stages,
-                         limit)
+                         limit, enhancer.precision_name, density_scale)
 
 
 def _limit_band(volume_1A: np.ndarray, limit: resolution_ops.ResolutionChoice,
@@ -375,20 +391,43 @@ def _back_to_grid(volume_1A: np.ndarray, grid: mapio.GridInfo) -> np.ndarray:
                                      grid.voxel_size_zyx)
 
 
-def _blend_with_input(enhanced: np.ndarray, data: np.ndarray, norm: grid_ops.Normalisation,
-                      strength: float, mask: np.ndarray | None, mask_mode: str) -> np.ndarray:
-    """Apply ``--strength``, then the mask: where the input is kept, it is kept exactly (on the
-    normalised scale, computed only when needed)."""
-    if strength >= 1.0 and mask is None:
-        return enhanced
-    normalised_input = grid_ops.normalise(data, norm)
+def _on_density_scale(enhanced: np.ndarray, data: np.ndarray, norm: grid_ops.Normalisation,
+                      density_scale: str) -> tuple[np.ndarray, np.ndarray]:
+    """The network's output on the chosen density scale, and the input on the same scale
+    (what ``--strength`` and the mask blend with).
+
+    ``input``: the output multiplied so that the 99.9th percentile of its positive density is
+    the input's (on the input's grid), and the input as it is. ``normalised``: both on the
+    network's scale (the input normalised as the network saw it).
+    """
+    if density_scale == "normalised":
+        return enhanced, grid_ops.normalise(data, norm)
+    target = grid_ops.normalisation_of(data).scale
+    try:
+        own = grid_ops.normalisation_of(enhanced).scale
+    except CryosamuError:  # an output with no positive density: the network's scale
+        own = 1.0 / norm.scale
+    return (enhanced * np.float32(target / own)).astype(np.float32), data
+
+
+def _check_density_scale(density_scale: str) -> None:
+    """Refuse an unknown ``--density-scale``."""
+    if density_scale not in DENSITY_SCALES:
+        raise ConfigError(f"unknown density scale '{density_scale}': use "
+                          f"{' or '.join(DENSITY_SCALES)}")
+
+
+def _blend_with_input(enhanced: np.ndarray, reference: np.ndarray, strength: float,
+                      mask: np.ndarray | None, mask_mode: str) -> np.ndarray:
+    """Apply ``--strength``, then the mask: where the input is kept, ``reference`` (the input
+    on the output's density scale) is kept exactly."""
     if strength < 1.0:
-        enhanced = grid_ops.blend(enhanced, normalised_input, strength)
+        enhanced = grid_ops.blend(enhanced, reference, strength)
     if mask is None:
         return enhanced
     if mask_mode == "keep-inside":
-        return grid_ops.blend(normalised_input, enhanced, mask)
-    return grid_ops.blend(enhanced, normalised_input, mask)
+        return grid_ops.blend(reference, enhanced, mask)
+    return grid_ops.blend(enhanced, reference, mask)
 
 
 def _write_extras(outputs: dict[str, Path], grid: mapio.GridInfo, std_1A: np.ndarray | None,
@@ -513,7 +552,7 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
 
     Args:
         input_paths: Maps to enhance.
-        output_dir: Existing folder for ``<name>_enhanced.mrc`` files.
+        output_dir: Folder for ``<name>_enhanced.mrc`` files (made if its parent exists).
         skip_existing: Leave maps whose output exists untouched.
         force: Overwrite existing outputs (ignored with ``skip_existing``).
         resolution: One value for every map, ``none``, or a CSV of path,resolution (every
@@ -525,10 +564,10 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
         CryosamuError: Only for problems shared by all maps (output folder, weights, device).
     """
     output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        raise OutputError(f"output folder does not exist: {output_dir}")
+    _check_output_dir(output_dir)
     request = resolution_ops.parse_resolution(resolution)
     resolution_ops.check_listed(request, [Path(p) for p in input_paths])
+    output_dir.mkdir(exist_ok=True)
     devices = split_devices(device)
     if len(devices) > 1:
         return _enhance_on_devices(
@@ -556,6 +595,19 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
         except CryosamuError as exc:
             outcomes.append(MapOutcome(input_path, target, "failed", str(exc)))
     return outcomes
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """An existing folder, or one that can be made in an existing folder.
+
+    Raises:
+        OutputError: It is a file, or its parent folder does not exist either.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(f"--output-dir {output_dir} is a file, not a folder")
+    if not output_dir.exists() and not output_dir.parent.is_dir():
+        raise OutputError(f"output folder {output_dir} cannot be made: its parent "
+                          f"{output_dir.parent} does not exist")
 
 
 def split_devices(device: str) -> list[str]:

@@ -31,3 +31,7 @@ class DeviceError(CryosamuError):
 
 class ConfigError(CryosamuError):
     """An option value is out of range or inconsistent with another."""
+
+
+class ResourceError(CryosamuError):
+    """The machine lacks what a run needs (memory)."""

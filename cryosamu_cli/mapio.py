@@ -90,6 +90,9 @@ def read_map(path: str | os.PathLike) -> tuple[np.ndarray, GridInfo]:
             NaN/Inf values.
     """
     path = Path(path)
+    if path.is_dir():
+        raise MapReadError(f"{path} is a folder, not a map file (give the maps, e.g. "
+                           f"'{path}/*.mrc')")
     if not path.is_file():
         raise MapReadError(f"map file not found: {path}")
     with _open_file(path) as (file_data, header):

@@ -79,7 +79,11 @@ def test_real_network_enhances_the_example_map(tmp_path, tiny_checkpoint):
     assert g.shape_zyx == (64, 56, 56) and np.isfinite(written).all() and written.std() > 0
     assert result.cubes_total == 8 and seen[-1] == (result.cubes_run, result.cubes_run)
     assert result.normalisation_scale > 0
-    assert f"{result.normalisation_scale:.4g}" in g.labels[-1]
+    assert g.labels[-1].endswith("enhanced, input units, full band, fp32")
+    normalised = enhance.enhance_map(input_path=source, output_path=tmp_path / "n.mrc",
+                                     weights=tiny_checkpoint, density_scale="normalised")
+    label = mapio.read_map(normalised.output_path)[1].labels[-1]
+    assert f"1 = {result.normalisation_scale:.4g} input units" in label
 
 
 def _run(tmp_path, source, checkpoint, **overrides):

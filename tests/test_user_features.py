@@ -159,8 +159,8 @@ def test_keep_inside_reproduces_the_input_exactly_inside_the_mask(tmp_path, tiny
     plain = enhance.enhance_map(input_path=source, output_path=tmp_path / "p.mrc",
                                 weights=tiny_checkpoint).output_path
     kept, enhanced, original = (mapio.read_map(out)[0], mapio.read_map(plain)[0],
-                                _normalised_input(source))
-    assert np.array_equal(kept[inside], original[inside])
+                                mapio.read_map(source)[0])
+    assert np.array_equal(kept[inside], original[inside])  # in the input's own units
     far = ndimage.distance_transform_edt(~inside) >= 3
     assert np.allclose(kept[far], enhanced[far], atol=1e-6)
     seam = ~inside & ~far  # the soft edge lies between the two
@@ -174,7 +174,7 @@ def test_enhance_inside_keeps_the_input_outside_and_runs_fewer_cubes(tmp_path, t
     result = enhance.enhance_map(input_path=source, output_path=tmp_path / "e.mrc",
                                  weights=tiny_checkpoint, mask_path=mask_path,
                                  mask_mode="enhance-inside")
-    out, original = mapio.read_map(result.output_path)[0], _normalised_input(source)
+    out, original = mapio.read_map(result.output_path)[0], mapio.read_map(source)[0]
     far = ndimage.distance_transform_edt(~inside) >= 3
     assert np.array_equal(out[far], original[far])
     assert not np.allclose(out[inside], original[inside])
@@ -189,19 +189,24 @@ def test_mask_on_another_grid_is_refused(tmp_path, tiny_checkpoint, example_and_
                             weights=tiny_checkpoint, mask_path=other)
 
 
-def test_strength_zero_returns_the_normalised_input_and_half_blends(tmp_path, tiny_checkpoint):
+def test_strength_blends_like_with_like_on_either_density_scale(tmp_path, tiny_checkpoint):
     source = write_example_map(tmp_path / "example.mrc")
-    outputs = {}
-    for s in (0.0, 0.5, 1.0):
-        outputs[s] = mapio.read_map(enhance.enhance_map(
-            input_path=source, output_path=tmp_path / f"s{s}.mrc", weights=tiny_checkpoint,
-            strength=s).output_path)[0]
-    original = _normalised_input(source)
-    assert np.array_equal(outputs[0.0], original)
-    assert np.allclose(outputs[0.5], (outputs[1.0] + original) / 2, atol=1e-6)
+    for scale, original in (("input", mapio.read_map(source)[0]),
+                            ("normalised", _normalised_input(source))):
+        outputs = {}
+        for s in (0.0, 0.5, 1.0):
+            outputs[s] = mapio.read_map(enhance.enhance_map(
+                input_path=source, output_path=tmp_path / f"{scale}{s}.mrc",
+                weights=tiny_checkpoint, strength=s, density_scale=scale).output_path)[0]
+        assert np.array_equal(outputs[0.0], original)
+        assert np.allclose(outputs[0.5], (outputs[1.0] + original) / 2, atol=1e-6)
     with pytest.raises(ConfigError, match="strength"):
         enhance.enhance_map(input_path=source, output_path=tmp_path / "x.mrc",
                             weights=tiny_checkpoint, strength=1.5)
+    with pytest.raises(ConfigError, match="density scale 'sigma'"):
+        enhance.enhance_map(input_path=source, output_path=tmp_path / "x.mrc",
+                            weights=tiny_checkpoint, density_scale="sigma")
+    assert not (tmp_path / "x.mrc").exists()
 
 
 def test_confidence_std_is_zero_without_dropout_and_positive_with_it(tmp_path, tiny_config):

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from cryosamu_cli.cli.common import (BatchSizeOpt, DeviceOpt, WeightsOpt, console, epilog,
-                                     user_errors)
+                                     table_with, user_errors)
 
 app = typer.Typer(help="Timing reports and map–model quality (Phenix definitions).",
                   no_args_is_help=True)
@@ -115,7 +114,7 @@ def _write_outputs(bench, payload: dict, rows: list[dict], json_path: Optional[P
 
 
 def _table(rows: list[dict], columns: list[str]) -> None:
-    table = Table(*columns)
+    table = table_with(*columns)
     for row in rows:
         table.add_row(*("" if row.get(c) is None else
                         f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c])

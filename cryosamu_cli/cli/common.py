@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Column, Table
 
 from cryosamu_cli.errors import CryosamuError
 
@@ -23,16 +24,19 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar o
 
 
 def parse_batch_size(text: str) -> int | None:
-    """``auto`` → None (the library picks from the device); else a positive integer."""
+    """``auto`` → None (the library picks from the device); else a whole number (its range is
+    the library's check: a value below 1 is a one-line error with exit code 1)."""
     if text.strip().lower() == "auto":
         return None
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise typer.BadParameter(f"'{text}' is not auto or a whole number") from None
-    if value < 1:
-        raise typer.BadParameter(f"must be at least 1, got {value}")
-    return value
+
+
+def table_with(*headers: str) -> Table:
+    """A rich table whose cells wrap instead of being cut to '…' (narrow or piped output)."""
+    return Table(*(Column(h, overflow="fold") for h in headers))
 
 
 BatchSizeOpt = Annotated[int | None, typer.Option(

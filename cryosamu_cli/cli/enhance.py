@@ -8,10 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
-from rich.table import Table
 
 from cryosamu_cli.cli.common import (BatchSizeOpt, ForceOpt, QuietOpt, WeightsOpt, console,
-                                     epilog, user_errors)
+                                     epilog, table_with, user_errors)
 
 app = typer.Typer()
 
@@ -44,7 +43,7 @@ def enhance_cmd(
     batch_size: BatchSizeOpt = "auto",
     cube_size: Annotated[int, typer.Option(help="Edge of the cubes the network sees.")] = 64,
     core_size: Annotated[int, typer.Option(help="Edge of the kept centre of each cube.")] = 50,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.", min=1)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
     half2: Annotated[Optional[Path], typer.Option(
         "--half2", dir_okay=False, help="Second half map (INPUT is the first): enhance their "
         "average and write their FSC to <output>_fsc.json.")] = None,
@@ -54,18 +53,24 @@ def enhance_cmd(
         help="enhance-inside: enhance only within the mask; keep-inside: keep the input "
         "density within it (ligands, lipids, RNA).")] = "keep-inside",
     strength: Annotated[float, typer.Option(
-        help="1 = fully enhanced, 0 = the normalised input; in between, a blend.")] = 1.0,
+        help="1 = fully enhanced, 0 = the input (on the output's density scale); in between, "
+        "a blend.")] = 1.0,
+    density_scale: Annotated[str, typer.Option(
+        "--density-scale", metavar="input|normalised", help="input: the output in the input's "
+        "units, its 99.9th percentile of positive density matched to the input's (contour "
+        "levels carry over); normalised: the network's scale (0 solvent, 1 the input's 99.9th "
+        "percentile).")] = "input",
     confidence: Annotated[int, typer.Option(
         help="Monte-Carlo dropout passes (≥ 2): output their mean and write the per-voxel "
-        "standard deviation to <output>_std.mrc.", min=0)] = 0,
+        "standard deviation to <output>_std.mrc.")] = 0,
     resolution: Annotated[Optional[str], typer.Option(
         "--resolution", metavar="R|none|CSV", help="The map's resolution in Å: the output is "
         "limited to it. none: the network's full band. A CSV of path,resolution rows: one "
         "value per map. Default: the half-map FSC=0.143 resolution with --half2, else the "
         "full band.")] = None,
     precision: Annotated[str, typer.Option(
-        help="auto (fp16 on CUDA; bf16 on a CPU that runs it faster, else fp32), fp32, bf16 "
-        "or fp16.")] = "auto",
+        help="auto (bf16 on CUDA, fp16 where it lacks bf16; fp32 on CPU), fp32, bf16 or "
+        "fp16.")] = "auto",
     skip_existing: Annotated[bool, typer.Option(
         "--skip-existing", help="With --output-dir: leave maps whose output exists.")] = False,
     force: ForceOpt = False,
@@ -73,13 +78,13 @@ def enhance_cmd(
 ) -> None:
     """Enhance cryo-EM maps; each output lies on exactly its input's grid and header.
 
-    The written density is on the network's normalised scale: 0 is solvent, 1 is the 99.9th percentile of the input's positive density.
+    The written density is in the input's units (its 99.9th percentile of positive density matched to the input's) unless --density-scale normalised.
     """
     from cryosamu_cli import enhance as enhance_lib
     from cryosamu_cli.errors import ConfigError
 
     map_options = dict(half2_path=half2, mask_path=mask, mask_mode=mask_mode, strength=strength,
-                       resolution=resolution)
+                       resolution=resolution, density_scale=density_scale)
     model_options = dict(weights=weights, device=device, batch_size=batch_size,
                          cube_size=cube_size, core_size=core_size, threads=threads,
                          confidence=confidence, precision=precision)
@@ -116,13 +121,14 @@ def _print_summary(result) -> None:
     extra = "".join(f", {p}" for p in result.extra_outputs)
     half = (f"; half-map FSC=0.143 at {result.half_map_resolution_A:.2f} Å"
             if result.half_map_resolution_A else "")
-    console.print(f"Enhanced in {result.seconds:.1f} s on {result.device}: {result.cubes_run} "
+    console.print(f"Enhanced in {result.seconds:.1f} s on {result.device} ({result.precision}): "
+                  f"{result.cubes_run} "
                   f"cubes run, {result.cubes_skipped} skipped → {result.output_path}{extra}{half}")
     console.print(f"Output {result.resolution.summary()}")
 
 
 def _print_table(outcomes) -> None:
-    table = Table("map", "status", "cubes run", "cubes skipped", "seconds", "resolution",
+    table = table_with("map", "status", "cubes run", "cubes skipped", "seconds", "resolution",
                   "output / reason")
     for o in outcomes:
         r = o.result

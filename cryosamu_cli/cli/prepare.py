@@ -7,9 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from cryosamu_cli.cli.common import console, epilog, user_errors
+from cryosamu_cli.cli.common import console, epilog, table_with, user_errors
 
 app = typer.Typer()
 
@@ -102,7 +101,7 @@ def prepare_cmd(
             degrade_real=degrade_real,
             embedder=embedder, on_plan=lambda n: bar.update(task, total=n), on_pair=finished,
             download_progress=downloading)
-    table = Table("pair", "split", "status", "cubes", "CC_mask", "resolution", "reason")
+    table = table_with("pair", "split", "status", "cubes", "CC_mask", "resolution", "reason")
     for e in manifest["pairs"]:
         table.add_row(e["name"], e["split"], e["status"], str(e["cubes"]),
                       str(e.get("cc_mask", "")), str(e.get("resolution_A") or ""),

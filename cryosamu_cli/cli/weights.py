@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from cryosamu_cli.cli.common import console, epilog, user_errors
+from cryosamu_cli.cli.common import console, epilog, table_with, user_errors
 
 app = typer.Typer(help="List, pre-fetch and verify pretrained weights.", no_args_is_help=True)
 
@@ -20,7 +19,7 @@ def list_cmd() -> None:
 
     with user_errors():
         manifest = weights_lib.load_manifest()
-    table = Table("name", "default", "size (MB)", "local copy", "description")
+    table = table_with("name", "default", "size (MB)", "local copy", "description")
     for entry in manifest.entries.values():
         local = [p for p in (weights_lib.cache_dir() / entry.file,
                              weights_lib.shipped_weights_dir() / entry.file) if p.is_file()]
