@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 
-from cryosamu_cli import enhance, grid, validation
+from cryosamu_cli import grid, predictor, validation
 from cryosamu_cli.pairs import read_pairs
 
 # (label, (pass, stop) multiples of 1/R); see cryosamu_cli.grid.low_pass_weights
@@ -25,14 +25,14 @@ EDGES = {"hard": (1.0, 1.0), "cosine 1.0-1.2": (1.0, 1.2), "cosine 0.9-1.1": (0.
          "cosine 0.8-1.0": (0.8, 1.0)}
 
 
-def enhanced_1A(enhancer: enhance.Enhancer, vmap: validation.ValidationMap) -> np.ndarray:
+def enhanced_1A(enhancer: predictor.Enhancer, vmap: validation.ValidationMap) -> np.ndarray:
     """The network's full-band output on the 1 Å grid, as ``enhance_map`` computes it."""
     on_1A = grid.resample_to_spacing(vmap.data, vmap.grid.voxel_size_zyx)
     normalised = grid.normalise(on_1A, grid.normalisation_of(on_1A))
     return enhancer.run(normalised)[0]
 
 
-def candidates(enhancer: enhance.Enhancer, vmap: validation.ValidationMap) -> dict:
+def candidates(enhancer: predictor.Enhancer, vmap: validation.ValidationMap) -> dict:
     """Label → map on the validation map's grid, for every variant compared."""
     voxel = vmap.grid.voxel_size_zyx
     maps = {"deposited": vmap.data,
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     names = args.pairs.split(",")
     pairs = [p for p in read_pairs(args.pairs_csv, role="train") if p.name in names]
-    enhancer = enhance.load_enhancer(weights=args.weights, device="cpu", precision="fp32")
+    enhancer = predictor.load_enhancer(weights=args.weights, device="cpu", precision="fp32")
     table: dict[str, list[dict]] = {}
     for vmap in validation.validation_maps(pairs):
         print(f"\n{vmap.name} ({vmap.degradation.to_dict()})")

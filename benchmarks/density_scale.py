@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryosamu_cli import enhance, mapio
+from cryosamu_cli import enhance, mapio, predictor
 from cryosamu_cli.pairs import read_pairs
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--weights", default=None)
     parser.add_argument("--maps", nargs="*", default=None)
     args = parser.parse_args()
-    enhancer = enhance.load_enhancer(weights=args.weights, device="cpu", precision="fp32")
+    enhancer = predictor.load_enhancer(weights=args.weights, device="cpu", precision="fp32")
     header = "".join(f"{f'{e:.0%} of input':>14}" for e in ENCLOSED)
     print(f"{'map':<18}{'scale':<14}{header}")
     with tempfile.TemporaryDirectory() as folder:

@@ -74,7 +74,7 @@ def _seconds(function) -> float:
 def plain_enhancer(weights: Path, device: str):
     """The straightforward path: fp32, batch 1, NCDHW layout, no cube skipped."""
     from cryosamu_cli.device import resolve_device
-    from cryosamu_cli.enhance import Enhancer
+    from cryosamu_cli.predictor import Enhancer
     from cryosamu_cli.weights import load_model
 
     torch_device = resolve_device(device)
@@ -85,8 +85,9 @@ def plain_enhancer(weights: Path, device: str):
 
 def run_one(args: argparse.Namespace) -> dict:
     """Enhance the synthetic map along one path, in this process; write the output map."""
-    from cryosamu_cli.benchmark import flops_per_cube, peak_rss_MiB, reset_peak_memory
-    from cryosamu_cli.enhance import enhance_map, load_enhancer
+    from cryosamu_cli.benchmark_timing import flops_per_cube, peak_rss_MiB, reset_peak_memory
+    from cryosamu_cli.enhance import enhance_map
+    from cryosamu_cli.predictor import load_enhancer
     from cryosamu_cli.mapio import GridInfo, write_map
 
     edge, folder = args.single, Path(args.folder)

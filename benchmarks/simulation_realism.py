@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryosamu_cli import dataset, degrade, mapio
+from cryosamu_cli import degrade, mapio, pair_shards
 from cryosamu_cli.map_statistics import MapStatistics, map_statistics
 from cryosamu_cli.pairs import read_pairs
 from cryosamu_cli.structure import read_atoms
@@ -68,7 +68,7 @@ def simulated_rows(shared: Path, count: int, seed: int) -> list[Row]:
     chosen = [models[i] for i in np.linspace(0, len(models) - 1, count).astype(int)]
     rows = []
     for number, path in enumerate(chosen):
-        atoms = dataset._heavy_atoms(read_atoms(path))
+        atoms = pair_shards.heavy_atoms(read_atoms(path))
         for kind in degrade.DEGRADATION_KINDS:
             raw, _, _, params = degrade.simulated_pair(
                 atoms, reference, np.random.default_rng(seed + number), None, kind)

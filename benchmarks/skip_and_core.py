@@ -92,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"needs {SHARED}")
-    from cryosamu_cli.enhance import load_enhancer
+    from cryosamu_cli.predictor import load_enhancer
 
     thresholds = [float(t) for t in args.thresholds.split(",")]
     volumes = usable_volumes()

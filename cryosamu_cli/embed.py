@@ -173,3 +173,11 @@ def embed_structure(atoms, model, alphabet, length: int = EMBEDDING_LENGTH) -> t
         raise ValueError("no standard residue with a complete backbone")
     chains = [get_encoder_output(model, alphabet, coords) for coords in backbones.values()]
     return structure_embedding(chains, length)
+
+
+def esm_embedder(weights_path=None):
+    """Model atoms → their pooled ESM-IF1 embedding (numpy), with the network loaded once:
+    what ``prepare-data`` stores per pair (``weights_path``: a local checkpoint, else
+    fair-esm's download)."""
+    model, alphabet = load_esm_if1(weights_path)
+    return lambda atoms: embed_structure(atoms, model, alphabet).numpy()

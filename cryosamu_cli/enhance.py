@@ -1,4 +1,5 @@
-"""``enhance_map`` and ``enhance_many``: the inference pipeline, as a list of named steps.
+"""``enhance_map``: the one-map inference pipeline, as a list of named steps (the network on its
+device is :mod:`cryosamu_cli.predictor`; many maps and devices, :mod:`cryosamu_cli.batch`).
 
 read map (average the half maps) → choose the resolution → resample to 1 Å → normalise →
 cubes through the network → stitch → limit to the resolution → resample back onto the input grid
@@ -18,29 +19,25 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from scipy import ndimage
 
 from cryosamu_cli import grid as grid_ops
 from cryosamu_cli import mapio, memory, metrics, tiling
 from cryosamu_cli import resolution as resolution_ops
 from cryosamu_cli.atomic import write_text_atomic
-from cryosamu_cli.device import (keep_freed_memory_for_reuse, precision_name, resolve_device,
-                                  resolve_precision)
-from cryosamu_cli.errors import ConfigError, CryosamuError, DeviceError, OutputError
-from cryosamu_cli.weights import DownloadProgress, load_model, resolve_weights
+from cryosamu_cli.errors import ConfigError, CryosamuError
+from cryosamu_cli.tiling import DEFAULT_SKIP_THRESHOLD
+from cryosamu_cli.weights import DownloadProgress
 
-# Cubes whose normalised input never exceeds 5 % of the 99.9th percentile are solvent (or
-# masked out): not run; their core gets the network's output for an empty cube. Measured with
-# benchmarks/skip_and_core.py: it skips 25-49 % of the cubes of masked real maps and leaves the
-# output unchanged (correlation 1.00000 with the no-skip output on emd_6824, whole box and
-# molecule); 0.2 changes it (0.9916 on emd_5168). See docs/performance.md.
-DEFAULT_SKIP_THRESHOLD = 0.05
+if TYPE_CHECKING:  # torch is imported only once the input has passed its checks
+    from cryosamu_cli.predictor import Enhancer
+
 MASK_MODES = ("enhance-inside", "keep-inside")
 FSC_THRESHOLD = 0.143
 MASK_EDGE_VOXELS = 3.0
@@ -89,122 +86,6 @@ class StageClock:
     def add(self, stage: str, seconds: float) -> None:
         """Charge ``seconds`` measured elsewhere to ``stage``."""
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-
-
-@dataclass
-class Enhancer:
-    """A loaded network and how to run it; reused across maps so the model loads once.
-
-    Attributes:
-        model: The U-Net, on ``device``.
-        device: Where it runs.
-        weights_path: The checkpoint it came from.
-        batch_size: Cubes per network call.
-        cube_size: Edge of the cubes.
-        core_size: Edge of the kept cores.
-        skip_threshold: Cubes whose normalised input never exceeds this are not run.
-        confidence_passes: Monte-Carlo dropout passes per cube (0: one deterministic pass).
-        precision: Autocast dtype of the network (None: fp32).
-    """
-
-    model: torch.nn.Module
-    device: torch.device
-    weights_path: Path
-    batch_size: int = 2
-    cube_size: int = 64
-    core_size: int = 50
-    skip_threshold: float = DEFAULT_SKIP_THRESHOLD
-    confidence_passes: int = 0
-    precision: torch.dtype | None = None
-    _predict: "NetworkPredictor" = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        tiling.check_cube_sizes(self.cube_size, self.core_size)
-        factor = self.model.config.downsampling_factor
-        if self.cube_size % factor:
-            raise ConfigError(f"cube size {self.cube_size} must be divisible by {factor} "
-                              "for this model")
-        if self.confidence_passes < 0 or self.confidence_passes == 1:
-            raise ConfigError("--confidence needs at least 2 passes (or 0 for none)")
-        self._predict = NetworkPredictor(self.model, self.device, self.confidence_passes,
-                                         self.precision)
-
-    @property
-    def precision_name(self) -> str:
-        """``fp32``, ``bf16`` or ``fp16``."""
-        return precision_name(self.precision)
-
-    def run(self, volume: np.ndarray, *, run_mask: np.ndarray | None = None,
-            progress: tiling.ProgressCallback | None = None,
-            on_estimate: tiling.EstimateCallback | None = None,
-            ) -> tuple[np.ndarray, np.ndarray | None, tiling.TilingStats]:
-        """Enhance a normalised 1 Å volume: ``(mean, std or None, stats)``."""
-        out, stats = tiling.enhance_tiled(
-            volume, self._predict, cube_size=self.cube_size, core_size=self.core_size,
-            batch_size=self.batch_size, skip_threshold=self.skip_threshold, run_mask=run_mask,
-            progress=progress, on_estimate=on_estimate)
-        if self.confidence_passes:
-            return out[0], out[1], stats
-        return out, None, stats
-
-
-def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "auto",
-                  batch_size: int | None = None, cube_size: int = 64, core_size: int = 50,
-                  threads: int | None = None, confidence: int = 0,
-                  skip_threshold: float = DEFAULT_SKIP_THRESHOLD, precision: str = "auto",
-                  download_progress: DownloadProgress | None = None) -> Enhancer:
-    """Resolve the device and weights and load the network once.
-
-    Raises:
-        CryosamuError: Unknown device, missing/corrupt weights, invalid sizes.
-    """
-    tiling.check_cube_sizes(cube_size, core_size)
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    torch_device = resolve_device(device)
-    dtype = resolve_precision(precision, torch_device)
-    _set_threads(threads)
-    if torch_device.type == "cpu":
-        keep_freed_memory_for_reuse()
-    weights_path = resolve_weights(weights, progress=download_progress)
-    # channels-last 3D: about 10 % faster on CPU (oneDNN); model.unet.GroupNorm keeps it accurate
-    model = load_model(weights_path).to(torch_device, memory_format=torch.channels_last_3d)
-    enhancer = Enhancer(model, torch_device, weights_path, batch_size or 1, cube_size,
-                        core_size, skip_threshold, confidence, dtype)
-    if batch_size is None:
-        enhancer.batch_size = auto_batch_size(enhancer)
-    return enhancer
-
-
-CPU_BATCH_SIZE = 2
-MAX_AUTO_BATCH = 32
-
-
-def auto_batch_size(enhancer: Enhancer) -> int:
-    """The batch size ``--batch-size auto`` picks: on a CPU, 2 (from a batch of 2 on, PyTorch
-    runs every fp32 convolution through oneDNN; larger batches gain nothing); on CUDA, as many
-    cubes as 80 % of the free memory holds, measured from one cube's peak memory."""
-    if enhancer.device.type != "cuda":
-        return CPU_BATCH_SIZE
-    device = enhancer.device
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
-    free_bytes, _ = torch.cuda.mem_get_info(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    baseline = torch.cuda.memory_allocated(device)
-    cube = np.zeros((1,) + (enhancer.cube_size,) * 3, np.float32)
-    enhancer._predict(cube)
-    per_cube = torch.cuda.max_memory_allocated(device) - baseline
-    return batch_size_for_memory(free_bytes, per_cube)
-
-
-def batch_size_for_memory(free_bytes: int, per_cube_bytes: int, fraction: float = 0.8,
-                          cap: int = MAX_AUTO_BATCH) -> int:
-    """How many cubes of ``per_cube_bytes`` peak memory fit in ``fraction`` of
-    ``free_bytes`` (at least 1, at most ``cap``; an out-of-memory error later still halves
-    the batch, see :class:`NetworkPredictor`)."""
-    fitting = int(free_bytes * fraction) // max(int(per_cube_bytes), 1)
-    return max(1, min(cap, fitting))
 
 
 def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike,
@@ -271,6 +152,8 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                                              grid.voxel_size_zyx)
     mask = _read_mask(mask_path, grid)
     clock.lap("read")
+    from cryosamu_cli.predictor import load_enhancer
+
     enhancer = enhancer or load_enhancer(
         weights=weights, device=device, batch_size=batch_size, cube_size=cube_size,
         core_size=core_size, threads=threads, confidence=confidence,
@@ -445,227 +328,3 @@ def _write_extras(outputs: dict[str, Path], grid: mapio.GridInfo, std_1A: np.nda
         text = json.dumps(report, indent=1)
         written.append(write_text_atomic(outputs["fsc"], text + "\n"))
     return tuple(written)
-
-
-def _set_threads(threads: int | None) -> None:
-    """Apply a ``--threads`` choice to torch's intra-op pool."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
-    torch.set_num_threads(threads)
-
-
-class NetworkPredictor:
-    """The network as a numpy function for :mod:`cryosamu_cli.tiling`: ``(B, n, n, n)`` →
-    ``(B, n, n, n)``, or ``(B, 2, n, n, n)`` (mean, standard deviation) over ``passes``
-    Monte-Carlo dropout passes.
-
-    On CUDA the cubes are copied from pinned host memory without blocking the host. When the
-    device runs out of memory the batch is halved and retried, and the smaller size is kept
-    for the rest of the run (``max_batch``); only a single cube that does not fit is an error.
-    """
-
-    def __init__(self, model: torch.nn.Module, device: torch.device, passes: int = 0,
-                 precision: torch.dtype | None = None) -> None:
-        self.model, self.device, self.passes, self.precision = model, device, passes, precision
-        self.max_batch: int | None = None
-        model.eval()
-        if passes:
-            for module in model.modules():
-                if isinstance(module, torch.nn.Dropout):
-                    module.train()
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        size = min(self.max_batch or len(batch), len(batch))
-        outputs, start = [], 0
-        while start < len(batch):
-            chunk = batch[start:start + size]
-            try:
-                outputs.append(self._predict(chunk))
-            except torch.OutOfMemoryError as exc:
-                size = self._back_off(size, exc)
-                continue
-            start += len(chunk)
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
-
-    def _back_off(self, size: int, exc: Exception) -> int:
-        """Halve the batch after an out-of-memory error (and remember it)."""
-        if size == 1:
-            raise DeviceError(f"{self.device} ran out of memory on a single cube; use a "
-                              "smaller --cube-size or --device cpu") from exc
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        self.max_batch = size // 2
-        return self.max_batch
-
-    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
-        """Cubes as a channels-last ``(B, 1, n, n, n)`` tensor on the device."""
-        tensor = torch.from_numpy(batch).unsqueeze(1)
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory()
-        return tensor.to(self.device, non_blocking=True, memory_format=torch.channels_last_3d)
-
-    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.precision or torch.float32,
-                            enabled=self.precision is not None):
-            return self.model(inputs).float()
-
-    @torch.inference_mode()
-    def _predict(self, batch: np.ndarray) -> np.ndarray:
-        inputs = self._to_device(batch)
-        if not self.passes:
-            return self._forward(inputs).squeeze(1).cpu().numpy()
-        samples = torch.stack([self._forward(inputs) for _ in range(self.passes)])
-        mean, std = samples.mean(dim=0), samples.std(dim=0, correction=0)
-        return torch.cat([mean, std], dim=1).cpu().numpy()
-
-
-@dataclass(frozen=True)
-class MapOutcome:
-    """What happened to one map of a batch: ``ok``, ``skipped`` or ``failed``."""
-
-    input_path: Path
-    output_path: Path
-    status: str
-    message: str = ""
-    result: EnhanceResult | None = None
-
-
-def output_path_for(input_path: Path, output_dir: Path) -> Path:
-    """``OUT/<name>_enhanced.mrc`` for an input ``<name>.map`` (``.gz`` and the like dropped)."""
-    return companion_path(output_dir / input_path.name, "enhanced")
-
-
-def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
-                 skip_existing: bool = False, force: bool = False,
-                 weights: str | os.PathLike | None = None, device: str = "auto",
-                 batch_size: int | None = None, cube_size: int = 64, core_size: int = 50,
-                 threads: int | None = None, confidence: int = 0, precision: str = "auto",
-                 resolution: str | float | resolution_ops.ResolutionRequest | None = None,
-                 on_map_start: Callable[[Path, int, int], None] | None = None,
-                 **map_options: object) -> list[MapOutcome]:
-    """Enhance many maps into ``output_dir`` with one loaded model.
-
-    One map failing is recorded and the others go on. With ``skip_existing`` a map whose output
-    already exists is left alone, so a re-run after an interruption does only what is missing.
-
-    Args:
-        input_paths: Maps to enhance.
-        output_dir: Folder for ``<name>_enhanced.mrc`` files (made if its parent exists).
-        skip_existing: Leave maps whose output exists untouched.
-        force: Overwrite existing outputs (ignored with ``skip_existing``).
-        resolution: One value for every map, ``none``, or a CSV of path,resolution (every
-            input must be listed); see :func:`enhance_map`.
-        on_map_start: Called as ``on_map_start(path, index, count)`` before each map.
-        map_options: Passed on to :func:`enhance_map` (mask, strength, progress, ...).
-
-    Raises:
-        CryosamuError: Only for problems shared by all maps (output folder, weights, device).
-    """
-    output_dir = Path(output_dir)
-    _check_output_dir(output_dir)
-    request = resolution_ops.parse_resolution(resolution)
-    resolution_ops.check_listed(request, [Path(p) for p in input_paths])
-    output_dir.mkdir(exist_ok=True)
-    devices = split_devices(device)
-    if len(devices) > 1:
-        return _enhance_on_devices(
-            devices, input_paths=[Path(p) for p in input_paths], output_dir=output_dir,
-            skip_existing=skip_existing, force=force, weights=weights, batch_size=batch_size,
-            cube_size=cube_size, core_size=core_size, threads=threads, confidence=confidence,
-            precision=precision, resolution=request, **map_options)
-    enhancer = None
-    outcomes = []
-    for index, input_path in enumerate(Path(p) for p in input_paths):
-        target = output_path_for(input_path, output_dir)
-        if skip_existing and target.exists():
-            outcomes.append(MapOutcome(input_path, target, "skipped", "output exists"))
-            continue
-        if on_map_start is not None:
-            on_map_start(input_path, index, len(input_paths))
-        enhancer = enhancer or load_enhancer(
-            weights=weights, device=device, batch_size=batch_size, cube_size=cube_size,
-            core_size=core_size, threads=threads, confidence=confidence, precision=precision)
-        try:
-            result = enhance_map(input_path=input_path, output_path=target,
-                                 force=force and not skip_existing, confidence=confidence,
-                                 resolution=request, enhancer=enhancer, **map_options)
-            outcomes.append(MapOutcome(input_path, target, "ok", result=result))
-        except CryosamuError as exc:
-            outcomes.append(MapOutcome(input_path, target, "failed", str(exc)))
-    return outcomes
-
-
-def _check_output_dir(output_dir: Path) -> None:
-    """An existing folder, or one that can be made in an existing folder.
-
-    Raises:
-        OutputError: It is a file, or its parent folder does not exist either.
-    """
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputError(f"--output-dir {output_dir} is a file, not a folder")
-    if not output_dir.exists() and not output_dir.parent.is_dir():
-        raise OutputError(f"output folder {output_dir} cannot be made: its parent "
-                          f"{output_dir.parent} does not exist")
-
-
-def split_devices(device: str) -> list[str]:
-    """The devices in ``device``: one (``auto``, ``cpu``, ``cuda:N``), a comma-separated list
-    (``cuda:0,cuda:1``), or ``cuda:all`` (every visible GPU).
-
-    Raises:
-        DeviceError: ``cuda:all`` without a GPU.
-    """
-    if device.strip().lower() == "cuda:all":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise DeviceError("--device cuda:all requested but CUDA is not available on this "
-                              "machine")
-        return [f"cuda:{i}" for i in range(count)]
-    return [part.strip() for part in device.split(",") if part.strip()] or ["auto"]
-
-
-def _enhance_on_devices(devices: list[str], *, input_paths: list[Path], threads: int | None,
-                        **options: object) -> list[MapOutcome]:
-    """One worker process per device, each enhancing every ``len(devices)``-th map with its
-    own loaded model; outcomes come back in input order. Progress callbacks stay in this
-    process (they cannot cross into the workers), so only whole maps are reported."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    for device in set(devices):
-        resolve_device(device)  # an unknown or absent device fails before any work
-    options = {key: value for key, value in options.items() if not callable(value)}
-    if threads is None and all(d == "cpu" for d in devices):
-        threads = max(1, (os.cpu_count() or 1) // len(devices))
-    shares = [list(range(i, len(input_paths), len(devices))) for i in range(len(devices))]
-    by_index: dict[int, MapOutcome] = {}
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
-    with ProcessPoolExecutor(len(devices), mp_context=context) as pool:
-        jobs = {pool.submit(enhance_many, input_paths=[input_paths[i] for i in share],
-                            device=device, threads=threads, **options): share
-                for device, share in zip(devices, shares) if share}
-        for job, share in jobs.items():
-            by_index.update(zip(share, job.result()))
-    return [by_index[i] for i in range(len(input_paths))]
-
-
-def expand_inputs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
-    """Input paths with glob patterns (``'maps/*.map'``, quoted from the shell) expanded.
-
-    Raises:
-        ConfigError: A pattern matches no file.
-    """
-    import glob
-
-    paths: list[Path] = []
-    for pattern in map(str, patterns):
-        if glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern))
-            if not matches:
-                raise ConfigError(f"no file matches {pattern}")
-            paths.extend(Path(m) for m in matches)
-        else:
-            paths.append(Path(pattern))
-    return paths

@@ -101,11 +101,12 @@ def validation_maps_from_csv(pairs_csv: str, split: str = "val") -> list[Validat
 
 def enhanced_like_enhance(predict, vmap: ValidationMap, cube_size: int = 64,
                           core_size: int = 50, batch_size: int = 2) -> np.ndarray:
-    """A validation map through ``predict`` (a :class:`cryosamu_cli.enhance.NetworkPredictor`)
+    """A validation map through ``predict`` (a :class:`cryosamu_cli.predictor.NetworkPredictor`)
     exactly as ``cryosamu enhance --resolution R`` does: 1 Å grid, normalisation, tiles, the
     band limit at the map's resolution, back onto the map's grid."""
     from cryosamu_cli import grid, tiling
-    from cryosamu_cli.enhance import BAND_EDGE, DEFAULT_SKIP_THRESHOLD
+    from cryosamu_cli.enhance import BAND_EDGE
+    from cryosamu_cli.tiling import DEFAULT_SKIP_THRESHOLD
 
     on_1A = grid.resample_to_spacing(vmap.data, vmap.grid.voxel_size_zyx)
     normalised = grid.normalise(on_1A, grid.normalisation_of(on_1A))
@@ -121,7 +122,7 @@ def enhanced_like_enhance(predict, vmap: ValidationMap, cube_size: int = 64,
 def score_network(model, vmaps: Sequence[ValidationMap], device, precision=None) -> dict:
     """Mean CC_box and CC_mask of the network's enhanced validation maps: ``real_cc_box``,
     ``real_cc_mask`` and their mean ``real_cc`` (what a checkpoint is chosen by)."""
-    from cryosamu_cli.enhance import NetworkPredictor
+    from cryosamu_cli.predictor import NetworkPredictor
 
     predict = NetworkPredictor(model, device, 0, precision)
     rows = [vmap.scores(enhanced_like_enhance(predict, vmap)) for vmap in vmaps]

@@ -9,7 +9,7 @@ import mrcfile
 import pytest
 from typer.testing import CliRunner
 
-from cryosamu_cli import benchmark
+from cryosamu_cli import benchmark_timing
 from cryosamu_cli.cli.app import app
 
 runner = CliRunner()
@@ -38,7 +38,7 @@ def test_timing_report_has_every_field(tmp_path, tiny_checkpoint):
     assert len(report["records"]) == 2
     for record in report["records"]:
         assert set(record) == TIMING_FIELDS
-        assert set(record["stage_seconds"]) == set(benchmark.STAGES)
+        assert set(record["stage_seconds"]) == set(benchmark_timing.STAGES)
         assert record["repeats"] == 2 and record["precision"] == "fp32"
         assert record["seconds_min"] <= record["seconds_median"] <= record["seconds_max"]
         assert record["cubes_run"] + record["cubes_skipped"] == record["cubes_total"]
@@ -54,7 +54,7 @@ def test_flop_count_scales_with_the_cube(tiny_config):
     from cryosamu_cli.model.unet import UNet3D
 
     model = UNet3D.from_config(tiny_config).eval()
-    small, large = (benchmark.flops_per_cube(model, n, "cpu") for n in (16, 32))
+    small, large = (benchmark_timing.flops_per_cube(model, n, "cpu") for n in (16, 32))
     # convolutions dominate: 8x the voxels -> about 8x the operations
     assert 7.0 < large / small < 9.5
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cryosamu_cli import dataset, mapio, metrics, simulate
+from cryosamu_cli import dataset, mapio, metrics, pair_shards, prepare, simulate
 from cryosamu_cli.cli.app import app
 from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.pairs import Pair
@@ -58,13 +58,13 @@ def test_whole_run_manifest_matches_the_shards(two_pairs_csv, tmp_path):
 
 def test_resume_skips_finished_pairs(two_pairs_csv, tmp_path):
     out = tmp_path / "data"
-    first = dataset.prepare_data(pairs_csv=two_pairs_csv, output_dir=out, workers=2)
+    first = prepare.prepare_data(pairs_csv=two_pairs_csv, output_dir=out, workers=2)
     assert {e["name"]: e["status"] for e in first["pairs"]} == {
         "vp6": "ok", "mito": "ok", "rna": "filtered", "blurry": "failed", "elsewhere": "failed"}
     shard = out / "shards" / "vp6.npy"
     stamp = shard.stat().st_mtime_ns
     seen = []
-    second = dataset.prepare_data(pairs_csv=two_pairs_csv, output_dir=out,
+    second = prepare.prepare_data(pairs_csv=two_pairs_csv, output_dir=out,
                                   on_pair=lambda e: seen.append(e["name"]))
     assert shard.stat().st_mtime_ns == stamp
     assert sorted(seen) == ["blurry", "elsewhere"]  # only the failed ones are retried
@@ -74,7 +74,7 @@ def test_resume_skips_finished_pairs(two_pairs_csv, tmp_path):
 
 def test_dataset_reads_back_the_cubes_written_and_splits_are_by_map(two_pairs_csv, tmp_path):
     out = tmp_path / "data"
-    manifest = dataset.prepare_data(pairs_csv=two_pairs_csv, output_dir=out)
+    manifest = prepare.prepare_data(pairs_csv=two_pairs_csv, output_dir=out)
     train = dataset.CubePairDataset(out, "train")
     val = dataset.CubePairDataset(out, "val")
     assert train.names == ["vp6"] and val.names == ["mito"]
@@ -111,12 +111,12 @@ def test_splits_follow_the_csv_and_keep_eval_out_of_training():
     def pair(name, split):
         return Pair(name, None, None, 5.0, split)
 
-    assert dataset.split_of(pair("a", "val"), 0.1) == "val"
-    assert dataset.split_of(pair("a", "eval"), 0.1) == "test"
-    assert dataset.split_of(pair("a", "io-only"), 0.1) == "excluded"
-    unsplit = [dataset.split_of(pair(f"map{i}", ""), 0.2) for i in range(200)]
+    assert pair_shards.split_of(pair("a", "val"), 0.1) == "val"
+    assert pair_shards.split_of(pair("a", "eval"), 0.1) == "test"
+    assert pair_shards.split_of(pair("a", "io-only"), 0.1) == "excluded"
+    unsplit = [pair_shards.split_of(pair(f"map{i}", ""), 0.2) for i in range(200)]
     assert set(unsplit) == {"train", "val"} and 20 < unsplit.count("val") < 60
-    assert dataset.split_of(pair("map7", ""), 0.2) == dataset.split_of(pair("map7", ""), 0.2)
+    assert pair_shards.split_of(pair("map7", ""), 0.2) == pair_shards.split_of(pair("map7", ""), 0.2)
 
 
 @pytest.mark.parametrize("resolution, with_b", [(2.0, True), (4.0, False), (6.0, False)])
@@ -178,7 +178,7 @@ def test_structure_embeddings_with_random_esm_if1_weights(shared_data, tmp_path)
         calls.append(len(atoms))
         return embed.embed_structure(atoms, model, alphabet).numpy()
 
-    manifest = dataset.prepare_data(pairs_csv=csv_path, output_dir=tmp_path / "d",
+    manifest = prepare.prepare_data(pairs_csv=csv_path, output_dir=tmp_path / "d",
                                     embedder=embedder)
     (entry,) = manifest["pairs"]
     stored = np.load(tmp_path / "d" / entry["embedding"])
@@ -228,7 +228,7 @@ def test_simulated_pairs_from_models(shared_data, tmp_path):
         assert shard.shape[0] == entry["cubes"]
         source, target = shard[0, 0].astype(np.float32), shard[0, 1].astype(np.float32)
         assert 0.2 < metrics.pearson(source, target) < 0.98  # related, but degraded
-    again = dataset.prepare_data(output_dir=tmp_path / "again", simulate_from=models,
+    again = prepare.prepare_data(output_dir=tmp_path / "again", simulate_from=models,
                                  noise_reference=reference, seed=3)
     assert [e["degradation"] for e in again["pairs"]] == [
         entries[e["name"]]["degradation"] for e in again["pairs"]]
@@ -243,17 +243,17 @@ def test_simulate_repeats_draw_new_degradations_in_the_split_of_their_model(shar
     models.mkdir()
     (models / "1akeA.pdb").write_bytes((shared_data / "structures" / "1akeA.pdb").read_bytes())
     reference = shared_data / "unpaired/emd_6824.mrc"
-    manifest = dataset.prepare_data(output_dir=tmp_path / "sim", simulate_from=models,
+    manifest = prepare.prepare_data(output_dir=tmp_path / "sim", simulate_from=models,
                                     noise_reference=reference, seed=3, simulate_repeats=3)
     entries = {e["name"]: e for e in manifest["pairs"]}
     assert set(entries) == {"sim-1akeA", "sim-1akeA-r1", "sim-1akeA-r2"}
     assert len({e["split"] for e in entries.values()}) == 1
     assert len({e["degradation"]["resolution_A"] for e in entries.values()}) == 3
-    single = dataset.prepare_data(output_dir=tmp_path / "one", simulate_from=models,
+    single = prepare.prepare_data(output_dir=tmp_path / "one", simulate_from=models,
                                   noise_reference=reference, seed=3)
     assert single["pairs"][0]["degradation"] == entries["sim-1akeA"]["degradation"]
     with pytest.raises(ConfigError, match="at least 1"):
-        dataset.prepare_data(output_dir=tmp_path / "none", simulate_from=models,
+        prepare.prepare_data(output_dir=tmp_path / "none", simulate_from=models,
                              noise_reference=reference, simulate_repeats=0)
 
 
@@ -292,7 +292,7 @@ def test_ids_are_downloaded_from_emdb_and_rcsb(shared_data, tmp_path, http_serve
                         "by-id,EMD-2566,3J6B,3.2,train\n"
                         "cut,EMD-9999,3J6B,3.2,train\n")
     seen = {}
-    manifest = dataset.prepare_data(
+    manifest = prepare.prepare_data(
         pairs_csv=csv_path, output_dir=tmp_path / "d",
         download_progress=lambda label, done, total: seen.__setitem__(label, (done, total)))
     entries = {e["name"]: e for e in manifest["pairs"]}
@@ -308,7 +308,7 @@ def test_ids_are_downloaded_from_emdb_and_rcsb(shared_data, tmp_path, http_serve
 def test_paper_tables_ship_with_the_package():
     from cryosamu_cli.pairs import read_pairs
 
-    pairs = read_pairs(dataset.PAPER_PAIRS)
+    pairs = read_pairs(prepare.PAPER_PAIRS)
     counts = {s: sum(p.split == s for p in pairs) for s in ("train", "val", "test")}
     assert counts == {"train": 245, "val": 62, "test": 75}  # as listed in Tables S1-S3
     assert all(4.0 <= p.resolution_A <= 8.0 for p in pairs)
@@ -328,7 +328,7 @@ def test_deduplication_keeps_one_model_per_protein(shared_data):
                  3.2, "train"),
             Pair("vp6-again", folder / "emd-1461/rotavirus_vp6-96o.mrc",
                  folder / "emd-1461/rotavirus_vp6_fitted.pdb", 3.8, "train")]
-    kept, dropped = dataset.deduplicate(jobs, 0.3)
+    kept, dropped = prepare.deduplicate(jobs, 0.3)
     assert [j.name for j in kept] == ["vp6", "mito"]
     (entry,) = dropped
     assert entry["name"] == "vp6-again" and entry["status"] == "filtered"
@@ -340,8 +340,8 @@ def test_deduplication_keeps_one_model_per_protein(shared_data):
 def test_target_bfactors_blur_the_target(shared_data):
     data, grid_info = mapio.read_map(shared_data / "pairs/emd-2566/2566_3J6B_9.mrc")
     atoms = read_atoms(shared_data / "pairs/emd-2566/3J6B_9.pdb")
-    _, plain = dataset.map_and_target_on_1A(data, grid_info, atoms)
-    _, blurred = dataset.map_and_target_on_1A(data, grid_info, atoms, with_bfactors=True)
+    _, plain = pair_shards.map_and_target_on_1A(data, grid_info, atoms)
+    _, blurred = pair_shards.map_and_target_on_1A(data, grid_info, atoms, with_bfactors=True)
     assert plain.shape == blurred.shape
     assert blurred.sum() == pytest.approx(plain.sum(), rel=0.02)  # same mass, spread wider
     assert blurred.max() < plain.max()

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from cryosamu_cli import enhance, grid, mapio
+from cryosamu_cli.predictor import (CPU_BATCH_SIZE, MAX_AUTO_BATCH, NetworkPredictor,
+                                     batch_size_for_memory, load_enhancer)
 from cryosamu_cli.errors import (ConfigError, DeviceError, InvalidMapError, MapReadError,
                                  OutputError, WeightsError)
 from cryosamu_cli.examples import write_example_map
@@ -21,7 +23,7 @@ from tests.conftest import SHARED_MAPS, smooth_volume, write_mrc
 @pytest.fixture
 def pass_through(monkeypatch):
     """Replace the network (only) by an identity stand-in."""
-    monkeypatch.setattr(enhance, "NetworkPredictor",
+    monkeypatch.setattr("cryosamu_cli.NetworkPredictor",
                         lambda model, device, passes, precision: lambda batch: batch.copy())
 
 
@@ -141,7 +143,7 @@ def test_loaded_network_gives_the_plain_networks_output(tiny_checkpoint):
 
     from cryosamu_cli.weights import load_model
 
-    enhancer = enhance.load_enhancer(weights=tiny_checkpoint, device="cpu", precision="fp32")
+    enhancer = load_enhancer(weights=tiny_checkpoint, device="cpu", precision="fp32")
     batch = np.stack([np.abs(smooth_volume((32, 32, 32), seed=s)) for s in (4, 5)])
     plain = load_model(tiny_checkpoint)
     with torch.inference_mode():
@@ -170,9 +172,9 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_result(tiny_checkpoint):
 
     network = load_model(tiny_checkpoint)
     batch = np.stack([np.abs(smooth_volume((32, 32, 32), seed=s)) for s in range(5)])
-    expected = enhance.NetworkPredictor(network, torch.device("cpu"))(batch)
+    expected = NetworkPredictor(network, torch.device("cpu"))(batch)
     limited = _MemoryLimited(network, limit=2)
-    predictor = enhance.NetworkPredictor(limited, torch.device("cpu"))
+    predictor = NetworkPredictor(limited, torch.device("cpu"))
     # batches of another size change only the order of fp32 sums
     assert np.abs(predictor(batch) - expected).max() < 1e-4 * np.abs(expected).max()
     assert limited.batches == [5, 2, 2, 1] and predictor.max_batch == 2
@@ -180,25 +182,24 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_result(tiny_checkpoint):
     predictor(batch[:4])  # the smaller size is kept: no second failure
     assert limited.batches == [2, 2]
     with pytest.raises(DeviceError, match="single cube"):
-        enhance.NetworkPredictor(_MemoryLimited(network, limit=0), torch.device("cpu"))(batch)
+        NetworkPredictor(_MemoryLimited(network, limit=0), torch.device("cpu"))(batch)
 
 
 def test_auto_batch_size_fits_free_memory_and_is_two_on_a_cpu(tiny_checkpoint):
     gib = 1 << 30
-    assert enhance.batch_size_for_memory(10 * gib, gib) == 8  # 80 % of 10 GiB
-    assert enhance.batch_size_for_memory(gib, 3 * gib) == 1  # never below one
-    assert enhance.batch_size_for_memory(80 * gib, 1 << 20) == enhance.MAX_AUTO_BATCH
-    enhancer = enhance.load_enhancer(weights=tiny_checkpoint, device="cpu", batch_size=None)
-    assert enhancer.batch_size == enhance.CPU_BATCH_SIZE
-    assert enhance.load_enhancer(weights=tiny_checkpoint, device="cpu",
-                                 batch_size=5).batch_size == 5
+    assert batch_size_for_memory(10 * gib, gib) == 8  # 80 % of 10 GiB
+    assert batch_size_for_memory(gib, 3 * gib) == 1  # never below one
+    assert batch_size_for_memory(80 * gib, 1 << 20) == MAX_AUTO_BATCH
+    enhancer = load_enhancer(weights=tiny_checkpoint, device="cpu", batch_size=None)
+    assert enhancer.batch_size == CPU_BATCH_SIZE
+    assert load_enhancer(weights=tiny_checkpoint, device="cpu", batch_size=5).batch_size == 5
 
 
 def test_skipped_empty_cubes_get_what_the_network_gives_an_empty_cube(tiny_checkpoint):
     from cryosamu_cli import tiling
     from cryosamu_cli.weights import load_model
 
-    predictor = enhance.NetworkPredictor(load_model(tiny_checkpoint), torch.device("cpu"))
+    predictor = NetworkPredictor(load_model(tiny_checkpoint), torch.device("cpu"))
     volume = np.zeros((70, 40, 40), np.float32)
     volume[5:30, 5:30, 5:30] = np.abs(smooth_volume((25, 25, 25), seed=3))
     # batches of one: GroupNorm of a constant input amplifies rounding by 1/sqrt(eps), so an

@@ -112,3 +112,13 @@ def test_a_map_too_big_for_memory_is_refused_before_any_work(tmp_path, tiny_chec
     memory.check_enhance_fits((100, 100, 100), (1.5, 1.5, 1.5), available=64 << 30)
     assert memory.enhance_bytes((100, 100, 100), (1.0, 1.0, 1.0)) == (
         100 ** 3 * memory.BYTES_PER_1A_VOXEL + memory.FIXED_BYTES)
+
+
+def test_a_bad_argument_is_reported_before_torch_is_imported(tmp_path):
+    # the checks run before the network is loaded, so the error comes at once
+    code = ("import sys; from typer.testing import CliRunner; from cryosamu_cli.cli.app import app;"
+            f"r = CliRunner().invoke(app, ['enhance', {str(tmp_path / 'missing.mrc')!r}, '-o',"
+            f" {str(tmp_path / 'out.mrc')!r}]); assert r.exit_code == 1, r.output;"
+            "assert 'map file not found' in r.stderr; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

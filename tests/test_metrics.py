@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryosamu_cli import benchmark, mapio, metrics, simulate
+from cryosamu_cli import benchmark_quality, mapio, metrics, simulate
 from cryosamu_cli.structure import read_atoms
 
 # (pair folder, map, model, resolution, compare per-residue RSCC too)
@@ -36,7 +36,7 @@ def test_native_metrics_agree_with_cctbx(shared_data, cctbx_available, folder, m
     data, grid = mapio.read_map(map_path)
     ours = metrics.map_model_scores(data, grid, read_atoms(model_path), resolution,
                                     with_rscc=with_rscc)
-    reference = benchmark.cctbx_scores(map_path, model_path, resolution)
+    reference = benchmark_quality.cctbx_scores(map_path, model_path, resolution)
     for key in ("cc_box", "cc_mask", "cc_volume", "cc_peaks"):
         assert getattr(ours, key) == pytest.approx(reference[key], abs=0.01), key
     assert ours.fsc05 == pytest.approx(reference["fsc05"], abs=0.1)
@@ -59,7 +59,7 @@ def test_a_model_map_scores_one_against_its_model(shared_data, tmp_path, resolut
     model = simulate.model_map(atoms, grid.shape_zyx, grid.voxel_size_A,
                                metrics.grid_origin_xyz(grid), resolution)
     path = mapio.write_map(tmp_path / "model.mrc", model, grid)
-    scores = benchmark.score_map(path, shared_data / "pairs/emd-5168/3MFP.pdb", resolution)
+    scores = benchmark_quality.score_map(path, shared_data / "pairs/emd-5168/3MFP.pdb", resolution)
     for key in ("cc_box", "cc_mask", "cc_volume", "cc_peaks"):
         assert scores[key] == pytest.approx(1.0, abs=1e-4), key
     assert scores["fsc05"] == pytest.approx(resolution, rel=0.05)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cryosamu_cli import dataset, degrade, grid, mapio, metrics, train, validation
+from cryosamu_cli import (degrade, grid, mapio, metrics, pair_shards, prepare, train,
+                          validation)
 from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.pairs import Pair, read_pairs
 from cryosamu_cli.weights import load_model, save_checkpoint
@@ -52,16 +53,16 @@ def test_degraded_real_map_has_the_snr_of_an_fsc_0143_shell_at_its_resolution(sh
 
 def test_degraded_real_pairs_in_prepare_data_with_targets_at_their_resolution(small_pair_csv,
                                                                               tmp_path):
-    manifest = dataset.prepare_data(pairs_csv=small_pair_csv, output_dir=tmp_path / "d",
+    manifest = prepare.prepare_data(pairs_csv=small_pair_csv, output_dir=tmp_path / "d",
                                     degrade_real=2, seed=1,
-                                    options=dataset.PrepareOptions(target_resolution_A=None))
+                                    options=pair_shards.PrepareOptions(target_resolution_A=None))
     entries = {e["name"]: e for e in manifest["pairs"]}
     assert set(entries) == {"mito", "mito-d1", "mito-d2"}
     assert {e["split"] for e in entries.values()} == {"val"}  # the pair's split, by map
     assert entries["mito"]["target_resolution_A"] == 3.2
     for name in ("mito-d1", "mito-d2"):
         entry = entries[name]
-        low, high = dataset.DEGRADE_REAL_RANGE_A
+        low, high = pair_shards.DEGRADE_REAL_RANGE_A
         assert low <= entry["resolution_A"] <= high and entry["cubes"] > 0
         assert entry["degradation"]["resolution_A"] == entry["resolution_A"]
         assert entry["target_resolution_A"] == entry["resolution_A"]
@@ -72,10 +73,10 @@ def test_degraded_real_pairs_in_prepare_data_with_targets_at_their_resolution(sm
     shard = np.load(tmp_path / "d" / entries["mito-d1"]["shard"]).astype(np.float32)
     assert metrics.pearson(shard[:, 0], shard[:, 1]) > 0.5
     assert manifest["target"]["resolution_A"] == "the input's"
-    assert dataset.parse_target_resolution("input") is None
-    assert dataset.parse_target_resolution("2") == 2.0
+    assert pair_shards.parse_target_resolution("input") is None
+    assert pair_shards.parse_target_resolution("2") == 2.0
     with pytest.raises(ConfigError, match="target-resolution"):
-        dataset.parse_target_resolution("sharp")
+        pair_shards.parse_target_resolution("sharp")
 
 
 def test_validation_maps_score_the_model_map_as_perfect_and_refuse_eval_pairs(small_pair_csv):
@@ -123,7 +124,7 @@ def test_validation_enhances_exactly_as_enhance_does(small_pair_csv, tiny_checkp
     # validation.enhanced_like_enhance repeats enhance_map's steps (1 Å grid, normalisation,
     # tiles, band limit, back): this keeps the two from drifting apart
     from cryosamu_cli import enhance
-    from cryosamu_cli.enhance import NetworkPredictor
+    from cryosamu_cli.predictor import NetworkPredictor
 
     (vmap, _) = validation.validation_maps_from_csv(str(small_pair_csv))
     source = tmp_path / "degraded.mrc"

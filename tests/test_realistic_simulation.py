@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cryosamu_cli import dataset, degrade, grid, mapio
+from cryosamu_cli import degrade, grid, mapio, pair_shards, prepare
 from cryosamu_cli.cli.app import app
 from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.map_statistics import (background_mask, flat_fraction, map_statistics,
@@ -48,7 +48,7 @@ def test_relative_amplitudes_and_histogram_figures_of_known_maps():
 
 @pytest.fixture(scope="module")
 def lysozyme(shared_data):
-    atoms = dataset._heavy_atoms(read_atoms(shared_data / "structures" / "1akeA.pdb"))
+    atoms = pair_shards.heavy_atoms(read_atoms(shared_data / "structures" / "1akeA.pdb"))
     data, info = mapio.read_map(shared_data / "unpaired" / "emd_6824.mrc")
     return atoms, radial_power_spectrum(data, info.voxel_size_zyx)
 
@@ -139,15 +139,15 @@ def test_degradation_kind_is_checked_and_recorded(shared_data, tmp_path):
     (models / "1akeA.pdb").write_bytes((shared_data / "structures" / "1akeA.pdb").read_bytes())
     reference = str(shared_data / "unpaired/emd_6824.mrc")
     with pytest.raises(ConfigError, match="unknown degradation 'wild'"):
-        dataset.prepare_data(output_dir=tmp_path / "x", simulate_from=models,
+        prepare.prepare_data(output_dir=tmp_path / "x", simulate_from=models,
                              noise_reference=reference,
-                             options=dataset.PrepareOptions(degradation="wild"))
+                             options=pair_shards.PrepareOptions(degradation="wild"))
     result = runner.invoke(app, ["prepare-data", "-o", str(tmp_path / "y"), "--no-struct",
                                  "--simulate-from", str(models), "--noise-reference", reference,
                                  "--degradation", "wild"])
     assert result.exit_code == 1 and "unknown degradation" in result.stderr
     assert not (tmp_path / "y" / "manifest.json").exists()
-    manifest = dataset.prepare_data(output_dir=tmp_path / "z", simulate_from=models,
+    manifest = prepare.prepare_data(output_dir=tmp_path / "z", simulate_from=models,
                                     noise_reference=reference, seed=2)
     assert manifest["options"]["degradation"] == "realistic"
     recorded = manifest["pairs"][0]["degradation"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cryosamu_cli import enhance, grid
+from cryosamu_cli import batch, enhance, grid
 from cryosamu_cli.cli.app import app
 from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.resolution import (ResolutionChoice, choose_resolution, nyquist_limit_A,
@@ -187,7 +187,7 @@ def test_batch_takes_a_resolution_csv_and_refuses_an_unlisted_map_before_any_wor
         outcomes_or_error.stderr
     assert list(out.iterdir()) == []
     table.write_text("path,resolution\nm0.mrc,5.5\nm1.mrc,none\n")
-    outcomes = enhance.enhance_many(input_paths=maps, output_dir=out, resolution=str(table),
+    outcomes = batch.enhance_many(input_paths=maps, output_dir=out, resolution=str(table),
                                     weights=tiny_checkpoint)
     assert [o.result.resolution for o in outcomes] == [
         ResolutionChoice(5.5, "resolution CSV"), ResolutionChoice(None, "--resolution none")]

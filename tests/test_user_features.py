@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from cryosamu_cli import enhance, grid, mapio, metrics
+from cryosamu_cli import batch, enhance, grid, mapio, metrics
 from cryosamu_cli.cli.app import app
 from cryosamu_cli.errors import ConfigError, InvalidMapError
 from cryosamu_cli.examples import write_example_map
@@ -57,7 +57,7 @@ def test_batch_goes_on_after_a_corrupt_map_and_skip_existing_touches_nothing(
 
 
 def test_batch_results_equal_single_runs(tmp_path, maps, tiny_checkpoint):
-    outcomes = enhance.enhance_many(input_paths=[maps / "good0.mrc", maps / "good1.mrc"],
+    outcomes = batch.enhance_many(input_paths=[maps / "good0.mrc", maps / "good1.mrc"],
                                     output_dir=tmp_path, weights=tiny_checkpoint)
     assert [o.status for o in outcomes] == ["ok", "ok"]
     single = enhance.enhance_map(input_path=maps / "good1.mrc", output_path=tmp_path / "s.mrc",
@@ -71,9 +71,9 @@ def test_one_process_per_device_gives_the_single_process_results_in_input_order(
     inputs = [maps / "good0.mrc", maps / "bad.mrc", maps / "good1.mrc"]
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    single = enhance.enhance_many(input_paths=inputs, output_dir=tmp_path / "one",
+    single = batch.enhance_many(input_paths=inputs, output_dir=tmp_path / "one",
                                   weights=tiny_checkpoint, device="cpu", threads=1)
-    spread = enhance.enhance_many(input_paths=inputs, output_dir=tmp_path / "two",
+    spread = batch.enhance_many(input_paths=inputs, output_dir=tmp_path / "two",
                                   weights=tiny_checkpoint, device="cpu,cpu", threads=1,
                                   progress=lambda done, total: None)
     assert [o.input_path for o in spread] == inputs
@@ -82,8 +82,8 @@ def test_one_process_per_device_gives_the_single_process_results_in_input_order(
         if one.status == "ok":
             assert np.array_equal(mapio.read_map(one.output_path)[0],
                                   mapio.read_map(two.output_path)[0])
-    with pytest.raises(enhance.DeviceError, match="CUDA"):
-        enhance.enhance_many(input_paths=inputs, output_dir=tmp_path, device="cpu,cuda:7")
+    with pytest.raises(batch.DeviceError, match="CUDA"):
+        batch.enhance_many(input_paths=inputs, output_dir=tmp_path, device="cpu,cuda:7")
 
 
 def test_output_choice_is_checked(tmp_path, maps, tiny_checkpoint):

@@ -39,7 +39,7 @@ def time_cmd(
                                                  "volume with a fitted line (PNG).")] = None,
 ) -> None:
     """Time `cryosamu enhance`: stages, cubes, s/cube, voxels/s, GFLOP/s, peak memory."""
-    from cryosamu_cli import benchmark as bench
+    from cryosamu_cli import benchmark_report, benchmark_timing
     from cryosamu_cli.errors import ConfigError
 
     with user_errors():
@@ -47,16 +47,16 @@ def time_cmd(
             edges = [int(s) for s in sizes.split(",") if s.strip()]
         except ValueError as exc:
             raise ConfigError(f"--sizes takes whole numbers separated by commas: {sizes}") from exc
-        records = bench.time_enhance(
+        records = benchmark_timing.time_enhance(
             map_paths=maps or [], sizes=edges, weights=weights, device=device,
             batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup,
             precision=precision,
             on_run=lambda name, i, n: console.print(f"{name}: run {i}/{n}"))
-        rows = bench.timing_rows(records)
-        _write_outputs(bench, {"version": bench.__version__, "records": records}, rows,
-                       json_path, csv_path)
+        rows = benchmark_timing.timing_rows(records)
+        benchmark_report.write_outputs(payload={"records": records}, rows=rows,
+                                       json_path=json_path, csv_path=csv_path)
         if plot is not None:
-            bench.plot_time_vs_volume(records, plot)
+            benchmark_report.plot_time_vs_volume(records, plot)
     _table(rows, ["name", "shape_zyx", "device", "cubes_run", "cubes_skipped", "seconds_median",
                   "seconds_min", "seconds_max", "seconds_per_cube", "voxels_per_s",
                   "gflops_achieved", "peak_rss_MiB", "read_s", "resample_s", "network_s",
@@ -85,32 +85,21 @@ def quality_cmd(
                                                   "box and RSCC plots.")] = None,
 ) -> None:
     """Score maps against models: CC_box, CC_mask, CC_volume, CC_peaks, FSC=0.5, RSCC."""
-    from cryosamu_cli import benchmark as bench
+    from cryosamu_cli import benchmark_quality, benchmark_report
+    from cryosamu_cli.pairs import read_pairs
 
     with user_errors():
-        pairs = bench.read_pairs(pairs_csv, role=role)
-        report = bench.quality_report(pairs=pairs, weights=weights, device=device,
-                                      backend=backend, sharpen=sharpen, full_band=full_band,
-                                      work_dir=work_dir,
-                                      on_pair=lambda name: console.print(f"scoring {name}"))
-        rows = bench.quality_rows(report)
-        _write_outputs(bench, {"version": bench.__version__, "backend": backend,
-                               "pairs": report}, rows, json_path, csv_path)
+        pairs = read_pairs(pairs_csv, role=role)
+        report = benchmark_quality.quality_report(
+            pairs=pairs, weights=weights, device=device, backend=backend, sharpen=sharpen,
+            full_band=full_band, work_dir=work_dir,
+            on_pair=lambda name: console.print(f"scoring {name}"))
+        rows = benchmark_quality.quality_rows(report)
+        benchmark_report.write_outputs(payload={"backend": backend, "pairs": report},
+                                       rows=rows, json_path=json_path, csv_path=csv_path)
         if plots is not None:
-            bench.plot_quality(report, plots)
-    _table(rows, ["pair", "map", "resolution_A", *bench.METRICS, "note"])
-
-
-def _write_outputs(bench, payload: dict, rows: list[dict], json_path: Optional[Path],
-                   csv_path: Optional[Path]) -> None:
-    from dataclasses import asdict, is_dataclass
-
-    if json_path is not None:
-        payload = {k: [asdict(x) if is_dataclass(x) else x for x in v] if isinstance(v, list)
-                   else v for k, v in payload.items()}
-        bench.write_json(json_path, payload)
-    if csv_path is not None:
-        bench.write_csv(csv_path, rows)
+            benchmark_report.plot_quality(report, plots)
+    _table(rows, ["pair", "map", "resolution_A", *benchmark_quality.METRICS, "note"])
 
 
 def _table(rows: list[dict], columns: list[str]) -> None:

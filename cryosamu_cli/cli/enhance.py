@@ -80,6 +80,7 @@ def enhance_cmd(
 
     The written density is in the input's units (its 99.9th percentile of positive density matched to the input's) unless --density-scale normalised.
     """
+    from cryosamu_cli import batch
     from cryosamu_cli import enhance as enhance_lib
     from cryosamu_cli.errors import ConfigError
 
@@ -89,7 +90,7 @@ def enhance_cmd(
                          cube_size=cube_size, core_size=core_size, threads=threads,
                          confidence=confidence, precision=precision)
     with user_errors(), _ProgressBars(quiet) as bars:
-        paths = enhance_lib.expand_inputs(inputs)
+        paths = batch.expand_inputs(inputs)
         if (output_path is None) == (output_dir is None):
             raise ConfigError("give either -o OUTPUT (one map) or --output-dir DIR")
         if output_path is not None and len(paths) != 1:
@@ -104,7 +105,7 @@ def enhance_cmd(
                 input_path=paths[0], output_path=output_path, force=force, **model_options,
                 **map_options, **bars.callbacks(download=True))
         else:
-            outcomes = enhance_lib.enhance_many(
+            outcomes = batch.enhance_many(
                 input_paths=paths, output_dir=output_dir, skip_existing=skip_existing,
                 force=force, on_map_start=bars.new_map, **model_options, **map_options,
                 **bars.callbacks(download=False))

@@ -70,7 +70,7 @@ def prepare_cmd(
         "download on first use).")] = None,
 ) -> None:
     """Map–model pairs → 1 Å grids, eq. 1 targets and 64³ cube shards (resumable)."""
-    from cryosamu_cli import dataset
+    from cryosamu_cli import pair_shards, prepare
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn(), console=console)
@@ -88,13 +88,17 @@ def prepare_cmd(
         bar.advance(task)
 
     with user_errors(), bar:
-        embedder = None if no_struct else _esm_embedder(esm_weights)
-        options = dataset.PrepareOptions(min_resolution_A=min_res, max_resolution_A=max_res,
+        embedder = None
+        if not no_struct:  # torch and fair-esm only when embeddings are made
+            from cryosamu_cli.embed import esm_embedder
+
+            embedder = esm_embedder(esm_weights)
+        options = pair_shards.PrepareOptions(min_resolution_A=min_res, max_resolution_A=max_res,
                                          min_cc_mask=min_cc, dedup_identity=dedup_identity,
                                          target_bfactors=target_bfactors,
-                                         target_resolution_A=dataset.parse_target_resolution(
+                                         target_resolution_A=pair_shards.parse_target_resolution(
                                              target_resolution), degradation=degradation)
-        manifest = dataset.prepare_data(
+        manifest = prepare.prepare_data(
             pairs_csv=pairs_csv or pairs_option, output_dir=output_dir, options=options,
             workers=workers, role=role, simulate_from=simulate_from,
             noise_reference=noise_reference, seed=seed, simulate_repeats=simulate_repeats,
@@ -108,10 +112,3 @@ def prepare_cmd(
                       e.get("reason", ""))
     console.print(table)
 
-
-def _esm_embedder(esm_weights: Optional[Path]):
-    """Model atoms → pooled ESM-IF1 embedding, with the network loaded once."""
-    from cryosamu_cli import embed
-
-    model, alphabet = embed.load_esm_if1(esm_weights)
-    return lambda atoms: embed.embed_structure(atoms, model, alphabet).numpy()

@@ -1,0 +1,170 @@
+"""Many maps with one loaded model (``enhance_many``), spread over several devices (one process
+each), and the expansion of the command line's glob patterns."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryosamu_cli import enhance
+from cryosamu_cli import resolution as resolution_ops
+from cryosamu_cli.enhance import EnhanceResult, companion_path
+from cryosamu_cli.errors import ConfigError, CryosamuError, DeviceError, OutputError
+
+
+@dataclass(frozen=True)
+class MapOutcome:
+    """What happened to one map of a batch: ``ok``, ``skipped`` or ``failed``."""
+
+    input_path: Path
+    output_path: Path
+    status: str
+    message: str = ""
+    result: EnhanceResult | None = None
+
+
+def output_path_for(input_path: Path, output_dir: Path) -> Path:
+    """``OUT/<name>_enhanced.mrc`` for an input ``<name>.map`` (``.gz`` and the like dropped)."""
+    return companion_path(output_dir / input_path.name, "enhanced")
+
+
+def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
+                 skip_existing: bool = False, force: bool = False,
+                 weights: str | os.PathLike | None = None, device: str = "auto",
+                 batch_size: int | None = None, cube_size: int = 64, core_size: int = 50,
+                 threads: int | None = None, confidence: int = 0, precision: str = "auto",
+                 resolution: str | float | resolution_ops.ResolutionRequest | None = None,
+                 on_map_start: Callable[[Path, int, int], None] | None = None,
+                 **map_options: object) -> list[MapOutcome]:
+    """Enhance many maps into ``output_dir`` with one loaded model.
+
+    One map failing is recorded and the others go on. With ``skip_existing`` a map whose output
+    already exists is left alone, so a re-run after an interruption does only what is missing.
+
+    Args:
+        input_paths: Maps to enhance.
+        output_dir: Folder for ``<name>_enhanced.mrc`` files (made if its parent exists).
+        skip_existing: Leave maps whose output exists untouched.
+        force: Overwrite existing outputs (ignored with ``skip_existing``).
+        resolution: One value for every map, ``none``, or a CSV of path,resolution (every
+            input must be listed); see :func:`cryosamu_cli.enhance.enhance_map`.
+        on_map_start: Called as ``on_map_start(path, index, count)`` before each map.
+        map_options: Passed on to :func:`cryosamu_cli.enhance.enhance_map` (mask, strength, progress, ...).
+
+    Raises:
+        CryosamuError: Only for problems shared by all maps (output folder, weights, device).
+    """
+    output_dir = Path(output_dir)
+    _check_output_dir(output_dir)
+    request = resolution_ops.parse_resolution(resolution)
+    resolution_ops.check_listed(request, [Path(p) for p in input_paths])
+    output_dir.mkdir(exist_ok=True)
+    devices = split_devices(device)
+    if len(devices) > 1:
+        return _enhance_on_devices(
+            devices, input_paths=[Path(p) for p in input_paths], output_dir=output_dir,
+            skip_existing=skip_existing, force=force, weights=weights, batch_size=batch_size,
+            cube_size=cube_size, core_size=core_size, threads=threads, confidence=confidence,
+            precision=precision, resolution=request, **map_options)
+    enhancer = None
+    outcomes = []
+    for index, input_path in enumerate(Path(p) for p in input_paths):
+        target = output_path_for(input_path, output_dir)
+        if skip_existing and target.exists():
+            outcomes.append(MapOutcome(input_path, target, "skipped", "output exists"))
+            continue
+        if on_map_start is not None:
+            on_map_start(input_path, index, len(input_paths))
+        from cryosamu_cli.predictor import load_enhancer
+
+        enhancer = enhancer or load_enhancer(
+            weights=weights, device=device, batch_size=batch_size, cube_size=cube_size,
+            core_size=core_size, threads=threads, confidence=confidence, precision=precision)
+        try:
+            result = enhance.enhance_map(input_path=input_path, output_path=target,
+                                 force=force and not skip_existing, confidence=confidence,
+                                 resolution=request, enhancer=enhancer, **map_options)
+            outcomes.append(MapOutcome(input_path, target, "ok", result=result))
+        except CryosamuError as exc:
+            outcomes.append(MapOutcome(input_path, target, "failed", str(exc)))
+    return outcomes
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """An existing folder, or one that can be made in an existing folder.
+
+    Raises:
+        OutputError: It is a file, or its parent folder does not exist either.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(f"--output-dir {output_dir} is a file, not a folder")
+    if not output_dir.exists() and not output_dir.parent.is_dir():
+        raise OutputError(f"output folder {output_dir} cannot be made: its parent "
+                          f"{output_dir.parent} does not exist")
+
+
+def split_devices(device: str) -> list[str]:
+    """The devices in ``device``: one (``auto``, ``cpu``, ``cuda:N``), a comma-separated list
+    (``cuda:0,cuda:1``), or ``cuda:all`` (every visible GPU).
+
+    Raises:
+        DeviceError: ``cuda:all`` without a GPU.
+    """
+    if device.strip().lower() == "cuda:all":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError("--device cuda:all requested but CUDA is not available on this "
+                              "machine")
+        return [f"cuda:{i}" for i in range(count)]
+    return [part.strip() for part in device.split(",") if part.strip()] or ["auto"]
+
+
+def _enhance_on_devices(devices: list[str], *, input_paths: list[Path], threads: int | None,
+                        **options: object) -> list[MapOutcome]:
+    """One worker process per device, each enhancing every ``len(devices)``-th map with its
+    own loaded model; outcomes come back in input order. Progress callbacks stay in this
+    process (they cannot cross into the workers), so only whole maps are reported."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cryosamu_cli.device import resolve_device
+
+    for device in set(devices):
+        resolve_device(device)  # an unknown or absent device fails before any work
+    options = {key: value for key, value in options.items() if not callable(value)}
+    if threads is None and all(d == "cpu" for d in devices):
+        threads = max(1, (os.cpu_count() or 1) // len(devices))
+    shares = [list(range(i, len(input_paths), len(devices))) for i in range(len(devices))]
+    by_index: dict[int, MapOutcome] = {}
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    with ProcessPoolExecutor(len(devices), mp_context=context) as pool:
+        jobs = {pool.submit(enhance_many, input_paths=[input_paths[i] for i in share],
+                            device=device, threads=threads, **options): share
+                for device, share in zip(devices, shares) if share}
+        for job, share in jobs.items():
+            by_index.update(zip(share, job.result()))
+    return [by_index[i] for i in range(len(input_paths))]
+
+
+def expand_inputs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
+    """Input paths with glob patterns (``'maps/*.map'``, quoted from the shell) expanded.
+
+    Raises:
+        ConfigError: A pattern matches no file.
+    """
+    import glob
+
+    paths: list[Path] = []
+    for pattern in map(str, patterns):
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise ConfigError(f"no file matches {pattern}")
+            paths.extend(Path(m) for m in matches)
+        else:
+            paths.append(Path(pattern))
+    return paths

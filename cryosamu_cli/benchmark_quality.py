@@ -1,0 +1,153 @@
+"""``cryosamu benchmark quality``: maps scored against their models (CC_box, CC_mask,
+CC_volume, CC_peaks, FSC=0.5, RSCC) with the definitions of phenix.map_model_cc and
+phenix.mtriage (:mod:`cryosamu_cli.metrics`); ``backend="cctbx"`` computes them with cctbx
+itself. The deposited map, it truncated at the resolution, the cryosamu map and optional
+baselines are compared per pair."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryosamu_cli import enhance, grid, mapio, metrics, predictor
+from cryosamu_cli.errors import ConfigError, CryosamuError
+from cryosamu_cli.pairs import Pair
+from cryosamu_cli.structure import read_atoms
+
+@dataclass
+class PairQuality:
+    """Scores of every map of one pair (``maps[label] = scores``) or why it was skipped."""
+
+    name: str
+    resolution_A: float | None
+    maps: dict[str, dict] = field(default_factory=dict)
+    skipped: str = ""
+
+
+def quality_report(*, pairs: Sequence[Pair], weights: str | os.PathLike | None = None,
+                   device: str = "auto", backend: str = "native", sharpen: bool = True,
+                   full_band: bool = False, work_dir: str | os.PathLike | None = None,
+                   on_pair: Callable[[str], None] | None = None) -> list[PairQuality]:
+    """Score every pair's maps against its model: the deposited map, the deposited map
+    truncated at the pair's resolution (what a plain low-pass gives), the cryosamu map as a
+    user makes it (``enhance --resolution R`` with ``weights``, default: the pretrained
+    model), with ``full_band`` also the network's unlimited output, a global
+    B-factor-sharpened baseline and each extra map.
+
+    Maps are enhanced and sharpened into ``work_dir`` (a temporary folder by default) and
+    reused when already there. A pair that cannot be scored is kept with its reason.
+    """
+    if backend not in ("native", "cctbx"):
+        raise ConfigError(f"unknown backend '{backend}': use native or cctbx")
+    enhancer = predictor.load_enhancer(weights=weights, device=device)
+    with tempfile.TemporaryDirectory(prefix="cryosamu-quality-") as tmp:
+        folder = Path(work_dir) if work_dir else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        report = []
+        for pair in pairs:
+            if on_pair is not None:
+                on_pair(pair.name)
+            report.append(_score_pair(pair, folder, enhancer, backend, sharpen, full_band))
+        return report
+
+
+def _score_pair(pair: Pair, folder: Path, enhancer, backend: str, sharpen: bool,
+                full_band: bool = False) -> PairQuality:
+    """Every map of one pair, scored; errors become the pair's ``skipped`` reason."""
+    quality = PairQuality(pair.name, pair.resolution_A)
+    if pair.resolution_A is None:
+        quality.skipped = "no resolution given"
+        return quality
+    try:
+        for label, path in _maps_of(pair, folder, enhancer, sharpen, full_band).items():
+            quality.maps[label] = score_map(path, pair.model_path, pair.resolution_A, backend)
+    except CryosamuError as exc:
+        quality.skipped = str(exc)
+    return quality
+
+
+def _maps_of(pair: Pair, folder: Path, enhancer, sharpen: bool,
+             full_band: bool = False) -> dict[str, Path]:
+    """Label → map file for the deposited (as given and truncated), cryosamu, sharpened and
+    extra maps."""
+    maps = {"deposited": pair.map_path,
+            "deposited_truncated": _truncated(pair, folder / f"{pair.name}_truncated.mrc")}
+    runs = {"cryosamu": pair.resolution_A, **({"cryosamu_full_band": "none"} if full_band
+                                               else {})}
+    for label, resolution in runs.items():
+        target = folder / f"{pair.name}_{label}.mrc"
+        if not target.exists():
+            enhance.enhance_map(input_path=pair.map_path, output_path=target, enhancer=enhancer,
+                                resolution=resolution)
+        maps[label] = target
+    if sharpen:
+        target = folder / f"{pair.name}_bsharpened.mrc"
+        if not target.exists():
+            data, grid_info = mapio.read_map(pair.map_path)
+            sharpened, b = grid.bfactor_sharpen(data, grid_info.voxel_size_zyx, pair.resolution_A)
+            mapio.write_map(target, sharpened, grid_info, note=f"B-factor sharpened, B={b:.0f}")
+        maps["b_sharpened"] = target
+    maps.update(pair.extra_maps)
+    return maps
+
+
+def _truncated(pair: Pair, target: Path) -> Path:
+    """The deposited map with a hard truncation at the pair's resolution (written once)."""
+    if not target.exists():
+        data, grid_info = mapio.read_map(pair.map_path)
+        truncated = grid.band_limit(data, grid_info.voxel_size_zyx, pair.resolution_A)
+        mapio.write_map(target, truncated, grid_info,
+                        note=f"truncated at {pair.resolution_A:g} A")
+    return target
+
+
+def score_map(map_path: Path, model_path: Path, resolution_A: float,
+              backend: str = "native") -> dict:
+    """Scores of one map against a model: ``cc_box``, ``cc_mask``, ``cc_volume``, ``cc_peaks``,
+    ``fsc05``, ``fsc`` (curve) and ``rscc`` (per residue)."""
+    if backend == "cctbx":
+        return cctbx_scores(map_path, model_path, resolution_A)
+    data, grid_info = mapio.read_map(map_path)
+    return metrics.map_model_scores(data, grid_info, read_atoms(model_path),
+                                    resolution_A).to_dict()
+
+
+def cctbx_scores(map_path: Path, model_path: Path, resolution_A: float) -> dict:
+    """The same scores computed by cctbx (``mmtbx.maps.map_model_cc`` and ``mtriage``).
+
+    cctbx runs in a child process (:mod:`cryosamu_cli.cctbx_backend`): its boost.python
+    libraries crash when loaded into a process that already holds torch.
+
+    Raises:
+        CryosamuError: cctbx is not installed, or it failed on these files.
+    """
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "cryosamu_cli.cctbx_backend", str(map_path),
+               str(model_path), str(resolution_A)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
+        raise CryosamuError(f"cctbx failed on {Path(map_path).name}: {lines[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+METRICS = ("cc_box", "cc_mask", "cc_volume", "cc_peaks", "fsc05")
+
+
+def quality_rows(report: Sequence[PairQuality]) -> list[dict]:
+    """One flat row per pair and map: the summary metrics (no curves)."""
+    rows = []
+    for pair in report:
+        if pair.skipped:
+            rows.append({"pair": pair.name, "map": "", "resolution_A": pair.resolution_A,
+                         **{m: None for m in METRICS}, "note": pair.skipped})
+        for label, scores in pair.maps.items():
+            rows.append({"pair": pair.name, "map": label, "resolution_A": pair.resolution_A,
+                         **{m: scores[m] for m in METRICS}, "note": ""})
+    return rows
