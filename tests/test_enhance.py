@@ -23,7 +23,9 @@ from tests.conftest import SHARED_MAPS, smooth_volume, write_mrc
 @pytest.fixture
 def pass_through(monkeypatch):
     """Replace the network (only) by an identity stand-in."""
-    monkeypatch.setattr("cryosamu_cli.NetworkPredictor",
+    import cryosamu_cli.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "NetworkPredictor",
                         lambda model, device, passes, precision: lambda batch: batch.copy())
 
 
