@@ -12,6 +12,7 @@ from cryosamu_cli import enhance
 from cryosamu_cli import resolution as resolution_ops
 from cryosamu_cli.enhance import EnhanceResult, companion_path
 from cryosamu_cli.errors import ConfigError, CryosamuError, DeviceError, OutputError
+from cryosamu_cli.tiling import CORE_SIZE, CUBE_SIZE
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def output_path_for(input_path: Path, output_dir: Path) -> Path:
 def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                  skip_existing: bool = False, force: bool = False,
                  weights: str | os.PathLike | None = None, device: str = "auto",
-                 batch_size: int | None = None, cube_size: int = 64, core_size: int = 50,
+                 batch_size: int | None = None, cube_size: int = CUBE_SIZE, core_size: int = CORE_SIZE,
                  threads: int | None = None, confidence: int = 0, precision: str = "auto",
                  resolution: str | float | resolution_ops.ResolutionRequest | None = None,
                  on_map_start: Callable[[Path, int, int], None] | None = None,

@@ -32,7 +32,7 @@ from cryosamu_cli import mapio, memory, metrics, tiling
 from cryosamu_cli import resolution as resolution_ops
 from cryosamu_cli.atomic import write_text_atomic
 from cryosamu_cli.errors import ConfigError, CryosamuError
-from cryosamu_cli.tiling import DEFAULT_SKIP_THRESHOLD
+from cryosamu_cli.tiling import CORE_SIZE, CUBE_SIZE, DEFAULT_SKIP_THRESHOLD
 from cryosamu_cli.weights import DownloadProgress
 
 if TYPE_CHECKING:  # torch is imported only once the input has passed its checks
@@ -90,7 +90,7 @@ class StageClock:
 
 def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike,
                 weights: str | os.PathLike | None = None, device: str = "auto",
-                batch_size: int | None = None, cube_size: int = 64, core_size: int = 50,
+                batch_size: int | None = None, cube_size: int = CUBE_SIZE, core_size: int = CORE_SIZE,
                 threads: int | None = None, force: bool = False,
                 half2_path: str | os.PathLike | None = None,
                 mask_path: str | os.PathLike | None = None, mask_mode: str = "keep-inside",

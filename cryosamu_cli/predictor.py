@@ -14,7 +14,7 @@ from cryosamu_cli import tiling
 from cryosamu_cli.device import (keep_freed_memory_for_reuse, precision_name, resolve_device,
                                   resolve_precision)
 from cryosamu_cli.errors import ConfigError, DeviceError
-from cryosamu_cli.tiling import DEFAULT_SKIP_THRESHOLD
+from cryosamu_cli.tiling import CORE_SIZE, CUBE_SIZE, DEFAULT_SKIP_THRESHOLD
 from cryosamu_cli.weights import DownloadProgress, load_model, resolve_weights
 
 
@@ -38,8 +38,8 @@ class Enhancer:
     device: torch.device
     weights_path: Path
     batch_size: int = 2
-    cube_size: int = 64
-    core_size: int = 50
+    cube_size: int = CUBE_SIZE
+    core_size: int = CORE_SIZE
     skip_threshold: float = DEFAULT_SKIP_THRESHOLD
     confidence_passes: int = 0
     precision: torch.dtype | None = None
@@ -76,7 +76,7 @@ class Enhancer:
 
 
 def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "auto",
-                  batch_size: int | None = None, cube_size: int = 64, core_size: int = 50,
+                  batch_size: int | None = None, cube_size: int = CUBE_SIZE, core_size: int = CORE_SIZE,
                   threads: int | None = None, confidence: int = 0,
                   skip_threshold: float = DEFAULT_SKIP_THRESHOLD, precision: str = "auto",
                   download_progress: DownloadProgress | None = None) -> Enhancer:

@@ -32,6 +32,9 @@ from cryosamu_cli.errors import ConfigError
 # output unchanged (correlation 1.00000 with the no-skip output on emd_6824, whole box and
 # molecule); 0.2 changes it (0.9916 on emd_5168). See docs/performance.md.
 DEFAULT_SKIP_THRESHOLD = 0.05
+# The cubes enhance gives the network and the centre of each that it keeps (§3.4).
+CUBE_SIZE = 64
+CORE_SIZE = 50
 Predictor = Callable[[np.ndarray], np.ndarray]
 CubeIndex = tuple[int, int, int] | None
 EMPTY_CUBE = None  # in a batch: an all-zero cube, whose output fills every skipped cube
@@ -50,8 +53,8 @@ class CubePlan:
     """
 
     shape_zyx: tuple[int, int, int]
-    cube_size: int = 64
-    core_size: int = 50
+    cube_size: int = CUBE_SIZE
+    core_size: int = CORE_SIZE
 
     def __post_init__(self) -> None:
         check_cube_sizes(self.cube_size, self.core_size)
@@ -119,8 +122,8 @@ def check_cube_sizes(cube_size: int, core_size: int) -> None:
         raise ConfigError(f"cube size {cube_size} minus core size {core_size} must be even")
 
 
-def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = 64,
-                  core_size: int = 50, batch_size: int = 4, skip_threshold: float = 0.0,
+def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = CUBE_SIZE,
+                  core_size: int = CORE_SIZE, batch_size: int = 4, skip_threshold: float = 0.0,
                   run_mask: np.ndarray | None = None, progress: ProgressCallback | None = None,
                   on_estimate: EstimateCallback | None = None) -> tuple[np.ndarray, TilingStats]:
     """Run ``predict`` over ``volume[z, y, x]`` cube by cube and stitch the cores.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cryosamu_cli import degrade, mapio, metrics
+from cryosamu_cli import degrade, mapio, metrics, tiling
 from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.pairs import Pair
 from cryosamu_cli.structure import read_atoms
@@ -99,20 +99,19 @@ def validation_maps_from_csv(pairs_csv: str, split: str = "val") -> list[Validat
     return validation_maps(pairs)
 
 
-def enhanced_like_enhance(predict, vmap: ValidationMap, cube_size: int = 64,
-                          core_size: int = 50, batch_size: int = 2) -> np.ndarray:
+def enhanced_like_enhance(predict, vmap: ValidationMap, cube_size: int = tiling.CUBE_SIZE,
+                          core_size: int = tiling.CORE_SIZE, batch_size: int = 2) -> np.ndarray:
     """A validation map through ``predict`` (a :class:`cryosamu_cli.predictor.NetworkPredictor`)
     exactly as ``cryosamu enhance --resolution R`` does: 1 Å grid, normalisation, tiles, the
     band limit at the map's resolution, back onto the map's grid."""
-    from cryosamu_cli import grid, tiling
+    from cryosamu_cli import grid
     from cryosamu_cli.enhance import BAND_EDGE
-    from cryosamu_cli.tiling import DEFAULT_SKIP_THRESHOLD
 
     on_1A = grid.resample_to_spacing(vmap.data, vmap.grid.voxel_size_zyx)
     normalised = grid.normalise(on_1A, grid.normalisation_of(on_1A))
     enhanced, _ = tiling.enhance_tiled(normalised, predict, cube_size=cube_size,
                                        core_size=core_size, batch_size=batch_size,
-                                       skip_threshold=DEFAULT_SKIP_THRESHOLD)
+                                       skip_threshold=tiling.DEFAULT_SKIP_THRESHOLD)
     limited = grid.band_limit(enhanced, (grid.NETWORK_VOXEL_SIZE_A,) * 3, vmap.resolution_A,
                               BAND_EDGE)
     return grid.resample_to_grid(limited, grid.NETWORK_VOXEL_SIZE_A, vmap.grid.shape_zyx,

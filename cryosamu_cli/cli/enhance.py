@@ -11,6 +11,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 
 from cryosamu_cli.cli.common import (BatchSizeOpt, ForceOpt, QuietOpt, WeightsOpt, console,
                                      epilog, table_with, user_errors)
+from cryosamu_cli.tiling import CORE_SIZE, CUBE_SIZE
 
 app = typer.Typer()
 
@@ -41,8 +42,8 @@ def enhance_cmd(
         "--device", help="Where the network runs: auto, cpu or cuda:N; with --output-dir "
         "also several (cuda:0,cuda:1 or cuda:all): one process per device.")] = "auto",
     batch_size: BatchSizeOpt = "auto",
-    cube_size: Annotated[int, typer.Option(help="Edge of the cubes the network sees.")] = 64,
-    core_size: Annotated[int, typer.Option(help="Edge of the kept centre of each cube.")] = 50,
+    cube_size: Annotated[int, typer.Option(help="Edge of the cubes the network sees.")] = CUBE_SIZE,
+    core_size: Annotated[int, typer.Option(help="Edge of the kept centre of each cube.")] = CORE_SIZE,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
     half2: Annotated[Optional[Path], typer.Option(
         "--half2", dir_okay=False, help="Second half map (INPUT is the first): enhance their "
