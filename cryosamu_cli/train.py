@@ -29,12 +29,13 @@ import torch
 from torch import nn
 
 from cryosamu_cli import __version__
-from cryosamu_cli.atomic import atomic_target, write_text_atomic
+from cryosamu_cli.atomic import write_text_atomic
 from cryosamu_cli.dataset import CubePairDataset
 from cryosamu_cli.device import resolve_precision
 from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.model.config import UNetConfig, preset_config
 from cryosamu_cli.model.unet import UNet3D
+from cryosamu_cli.weights import save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -344,10 +345,7 @@ def _log_and_save(record: dict, model, optimiser, scheduler, progress: Progress,
 
 def _save(path: Path, model: nn.Module, config: TrainConfig, extra: dict) -> None:
     """A format-1 checkpoint plus the run's configuration beside it (JSON)."""
-    payload = {"format": 1, "config": model.config.to_dict(), "state_dict": model.state_dict(),
-               "train_config": asdict(config), **extra}
-    with atomic_target(path) as tmp:
-        torch.save(payload, tmp)
+    save_checkpoint(path, model, {"train_config": asdict(config), **extra})
     description = {"version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    "command": " ".join(sys.argv), "model": model.config.to_dict(),
                    "train": asdict(config)}
