@@ -43,9 +43,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from cryosamu_cli import mapio, metrics
+from cryosamu_cli import mapio
 from cryosamu_cli.errors import ConfigError
-from cryosamu_cli.grid import band_limit, bfactor_sharpen, fitted_b_factor, soft_mask
+from cryosamu_cli.grid import band_limit, bfactor_sharpen, fitted_b_factor, shell_index, soft_mask
 from cryosamu_cli.map_statistics import background_mask, radial_power_spectrum
 from cryosamu_cli.simulate import simulate_density
 from cryosamu_cli.structure import Atoms
@@ -141,7 +141,7 @@ def _shaped_noise_on(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ..
                      reference: tuple, rng: np.random.Generator) -> np.ndarray:
     """Unit-variance noise with the ``reference`` radial power spectrum on any grid."""
     white = np.fft.rfftn(rng.standard_normal(shape_zyx))
-    shells, width = metrics.shell_index(shape_zyx, voxel_size_zyx)
+    shells, width = shell_index(shape_zyx, voxel_size_zyx)
     frequency, power = reference
     noise = np.fft.irfftn(white * np.sqrt(np.interp(shells * width, frequency, power)),
                           s=shape_zyx, axes=(0, 1, 2))

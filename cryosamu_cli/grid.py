@@ -153,6 +153,21 @@ def band_limit(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A
     return fft.irfftn(spectrum, s=data.shape, workers=-1).astype(np.float32, copy=False)
 
 
+def shell_index(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, float]:
+    """Shell number of every rFFT voxel, and the shell width in 1/Å.
+
+    Shells are as wide as the coarsest Fourier sampling, ``1 / max(n * voxel)``.
+    """
+    nz, ny, nx = shape_zyx
+    vz, vy, vx = voxel_size_zyx
+    fz = np.fft.fftfreq(nz, d=vz)[:, None, None]
+    fy = np.fft.fftfreq(ny, d=vy)[None, :, None]
+    fx = np.fft.rfftfreq(nx, d=vx)[None, None, :]
+    width = 1.0 / max(n * v for n, v in zip(shape_zyx, voxel_size_zyx))
+    radius = np.sqrt(fz ** 2 + fy ** 2 + fx ** 2)
+    return np.rint(radius / width).astype(np.int64), width
+
+
 def _frequency_radius(shape_zyx: tuple[int, ...],
                       voxel_size_zyx: tuple[float, ...]) -> np.ndarray:
     """|s| in 1/Å of every voxel of an rFFT half spectrum of ``shape_zyx``."""
@@ -176,8 +191,6 @@ def bfactor_sharpen(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolut
     Returns:
         ``(sharpened map, B)`` with B in Å² (positive B sharpens).
     """
-    from cryosamu_cli.metrics import shell_index
-
     spectrum = np.fft.rfftn(data.astype(np.float64))
     shells, width = shell_index(data.shape, voxel_size_zyx)
     s = shells * width
@@ -194,8 +207,6 @@ def bfactor_sharpen(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolut
 def fitted_b_factor(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A: float,
                     fit_low_A: float = 10.0) -> float:
     """The B (Å², ≥ 0) that :func:`bfactor_sharpen` would fit to ``data``'s amplitude fall-off."""
-    from cryosamu_cli.metrics import shell_index
-
     shells, width = shell_index(data.shape, voxel_size_zyx)
     return _fitted_b(np.fft.rfftn(data.astype(np.float64)), shells, width, resolution_A,
                      fit_low_A)

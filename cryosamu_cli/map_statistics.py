@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from cryosamu_cli import metrics
+from cryosamu_cli import grid
 
 REFERENCE_SHELL_A = 15.0
 # Frequencies, as multiples of 1/R, at which the relative amplitude is reported.
@@ -61,7 +61,7 @@ def map_statistics(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
 def radial_power_spectrum(volume: np.ndarray,
                           voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Mean power per Fourier shell: ``(frequency in 1/Å, power)``, up to Nyquist."""
-    shells, width = metrics.shell_index(volume.shape, voxel_size_zyx)
+    shells, width = grid.shell_index(volume.shape, voxel_size_zyx)
     spectrum = np.abs(np.fft.rfftn(volume - volume.mean())) ** 2
     n_shells = int(min(0.5 / v for v in voxel_size_zyx) / width) + 1
     flat, keep = shells.ravel(), shells.ravel() < n_shells

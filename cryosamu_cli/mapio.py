@@ -75,6 +75,11 @@ class GridInfo:
         return "".join(_AXIS_LETTERS[a] for a in self.axis_order)
 
 
+def grid_origin_xyz(grid) -> tuple[float, float, float]:
+    """Position in Å of voxel ``[0, 0, 0]``: header origin plus nstart × voxel size."""
+    return tuple(o + n * v for o, n, v in zip(grid.origin_A, grid.nstart_xyz, grid.voxel_size_A))
+
+
 def read_map(path: str | os.PathLike) -> tuple[np.ndarray, GridInfo]:
     """Read an MRC/CCP4 map (optionally gzipped) into canonical order.
 

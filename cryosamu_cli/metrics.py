@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cryosamu_cli.grid import shell_index
+from cryosamu_cli.mapio import grid_origin_xyz
+
 
 @dataclass(frozen=True)
 class FSCCurve:
@@ -51,21 +54,6 @@ class FSCCurve:
                            "resolution_A": round(float(1 / f), 3) if f > 0 else None,
                            "fsc": round(float(c), 5)}
                           for f, c in zip(self.frequency_per_A, self.fsc)]}
-
-
-def shell_index(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, float]:
-    """Shell number of every rFFT voxel, and the shell width in 1/Å.
-
-    Shells are as wide as the coarsest Fourier sampling, ``1 / max(n * voxel)``.
-    """
-    nz, ny, nx = shape_zyx
-    vz, vy, vx = voxel_size_zyx
-    fz = np.fft.fftfreq(nz, d=vz)[:, None, None]
-    fy = np.fft.fftfreq(ny, d=vy)[None, :, None]
-    fx = np.fft.rfftfreq(nx, d=vx)[None, None, :]
-    width = 1.0 / max(n * v for n, v in zip(shape_zyx, voxel_size_zyx))
-    radius = np.sqrt(fz ** 2 + fy ** 2 + fx ** 2)
-    return np.rint(radius / width).astype(np.int64), width
 
 
 def fsc(map1: np.ndarray, map2: np.ndarray, voxel_size_zyx: tuple[float, ...]) -> FSCCurve:
@@ -178,11 +166,6 @@ def cc_mask(data: np.ndarray, grid, atoms, resolution_A: float) -> float:
     """CC_mask alone (phenix.map_model_cc's definition), without the other scores."""
     model, inside = model_map_and_mask(grid, atoms, resolution_A)
     return pearson(data[inside], model[inside])
-
-
-def grid_origin_xyz(grid) -> tuple[float, float, float]:
-    """Position in Å of voxel ``[0, 0, 0]``: header origin plus nstart × voxel size."""
-    return tuple(o + n * v for o, n, v in zip(grid.origin_A, grid.nstart_xyz, grid.voxel_size_A))
 
 
 def rscc_radius(resolution_A: float) -> float:

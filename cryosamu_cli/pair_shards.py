@@ -231,7 +231,7 @@ def heavy_atoms(atoms: Atoms) -> Atoms:
 
 def _check_overlap(atoms: Atoms, grid_info: mapio.GridInfo, minimum: float = 0.5) -> None:
     """Refuse a model whose atoms mostly lie outside the map box."""
-    origin = np.asarray(metrics.grid_origin_xyz(grid_info))
+    origin = np.asarray(mapio.grid_origin_xyz(grid_info))
     extent = np.asarray(grid_info.shape_zyx[::-1]) * np.asarray(grid_info.voxel_size_A)
     inside = np.all((atoms.xyz >= origin) & (atoms.xyz <= origin + extent), axis=1).mean()
     if inside < minimum:
@@ -247,7 +247,7 @@ def map_and_target_on_1A(data: np.ndarray, grid_info: mapio.GridInfo, atoms: Ato
     B-factor."""
     on_1A = grid.resample_to_spacing(data, grid_info.voxel_size_zyx)
     target = simulate.simulate_density(atoms.xyz, atoms.atomic_number, on_1A.shape,
-                                       (1.0, 1.0, 1.0), metrics.grid_origin_xyz(grid_info),
+                                       (1.0, 1.0, 1.0), mapio.grid_origin_xyz(grid_info),
                                        target_resolution_A,
                                        extra_b=atoms.b_iso if with_bfactors else None)
     return on_1A, target

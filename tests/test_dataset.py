@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cryosamu_cli import dataset, mapio, metrics, pair_shards, prepare, simulate
+from cryosamu_cli import dataset, grid, mapio, metrics, pair_shards, prepare, simulate
 from cryosamu_cli.cli.app import app
 from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.pairs import Pair
@@ -146,7 +146,7 @@ def test_eq1_agrees_with_gemmi(shared_data, resolution, with_b):
     ours = simulate.simulate_density(atoms.xyz - low, atoms.atomic_number, theirs.shape, voxel,
                                      (0.0, 0.0, 0.0), resolution,
                                      extra_b=atoms.b_iso if with_b else None)
-    shells, width = metrics.shell_index(theirs.shape, voxel[::-1])
+    shells, width = grid.shell_index(theirs.shape, voxel[::-1])
     keep = shells * width < 1.0 / resolution
 
     def low_pass(volume):

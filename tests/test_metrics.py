@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryosamu_cli import benchmark_quality, mapio, metrics, simulate
+from cryosamu_cli import benchmark_quality, grid, mapio, metrics, simulate
 from cryosamu_cli.structure import read_atoms
 
 # (pair folder, map, model, resolution, compare per-residue RSCC too)
@@ -57,7 +57,7 @@ def test_a_model_map_scores_one_against_its_model(shared_data, tmp_path, resolut
     data, grid = mapio.read_map(shared_data / "pairs/emd-5168/emd_5168_monomer.mrc")
     atoms = read_atoms(shared_data / "pairs/emd-5168/3MFP.pdb")
     model = simulate.model_map(atoms, grid.shape_zyx, grid.voxel_size_A,
-                               metrics.grid_origin_xyz(grid), resolution)
+                               mapio.grid_origin_xyz(grid), resolution)
     path = mapio.write_map(tmp_path / "model.mrc", model, grid)
     scores = benchmark_quality.score_map(path, shared_data / "pairs/emd-5168/3MFP.pdb", resolution)
     for key in ("cc_box", "cc_mask", "cc_volume", "cc_peaks"):
@@ -85,7 +85,7 @@ def test_model_map_structure_factors_match_direct_summation(shared_data):
 def test_molecular_mask_covers_atoms_and_excludes_far_solvent(shared_data):
     data, grid = mapio.read_map(shared_data / "pairs/emd-5168/emd_5168_monomer.mrc")
     atoms = read_atoms(shared_data / "pairs/emd-5168/3MFP.pdb")
-    origin = np.array(metrics.grid_origin_xyz(grid))
+    origin = np.array(mapio.grid_origin_xyz(grid))
     inside = simulate.molecular_mask(atoms, grid.shape_zyx, grid.voxel_size_A, tuple(origin))
     index = np.rint((atoms.xyz - origin) / np.array(grid.voxel_size_A)).astype(int)
     ok = np.all((index >= 0) & (index < np.array(grid.shape_zyx[::-1])), axis=1)
@@ -106,7 +106,7 @@ def test_bfactor_sharpening_flattens_a_blurred_spectrum():
 
 def _blur(volume, b_factor):
     spectrum = np.fft.rfftn(volume)
-    shells, width = metrics.shell_index(volume.shape, (1.0, 1.0, 1.0))
+    shells, width = grid.shell_index(volume.shape, (1.0, 1.0, 1.0))
     s = shells * width
     return np.fft.irfftn(spectrum * np.exp(-b_factor * s ** 2 / 4), s=volume.shape,
                          axes=(0, 1, 2)), b_factor

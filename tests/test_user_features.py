@@ -109,7 +109,7 @@ def test_half_map_fsc_matches_the_analytic_expectation():
     half1 = signal + rng.normal(scale=np.sqrt(s2), size=shape)
     half2 = signal + rng.normal(scale=np.sqrt(s2), size=shape)
     curve = metrics.fsc(half1, half2, voxel)
-    shells, _ = metrics.shell_index(shape, voxel)
+    shells, _ = grid.shell_index(shape, voxel)
     keep = shells.ravel() < len(curve.fsc)
     power = np.bincount(shells.ravel()[keep], weights=(np.abs(np.fft.rfftn(signal)) ** 2).ravel()[keep])
     expected = power / (power + curve.voxel_count * s2 * np.prod(shape))
