@@ -70,6 +70,8 @@ class Enhancer:
             volume, self._predict, cube_size=self.cube_size, core_size=self.core_size,
             batch_size=self.batch_size, skip_threshold=self.skip_threshold, run_mask=run_mask,
             progress=progress, on_estimate=on_estimate)
+        if self._predict.max_batch is not None:  # an out-of-memory back-off: keep its size
+            self.batch_size = min(self.batch_size, self._predict.max_batch)
         if self.confidence_passes:
             return out[0], out[1], stats
         return out, None, stats
@@ -86,8 +88,8 @@ def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "au
         CryosamuError: Unknown device, missing/corrupt weights, invalid sizes.
     """
     tiling.check_cube_sizes(cube_size, core_size)
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if batch_size is not None:
+        tiling.check_batch_size(batch_size)
     torch_device = resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
     _set_threads(threads)

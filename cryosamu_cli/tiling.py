@@ -122,6 +122,16 @@ def check_cube_sizes(cube_size: int, core_size: int) -> None:
         raise ConfigError(f"cube size {cube_size} minus core size {core_size} must be even")
 
 
+def check_batch_size(batch_size: int) -> None:
+    """Refuse a batch of fewer than one cube.
+
+    Raises:
+        ConfigError: ``batch_size`` < 1.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+
+
 def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = CUBE_SIZE,
                   core_size: int = CORE_SIZE, batch_size: int = 4, skip_threshold: float = 0.0,
                   run_mask: np.ndarray | None = None, progress: ProgressCallback | None = None,
@@ -146,8 +156,7 @@ def enhance_tiled(volume: np.ndarray, predict: Predictor, *, cube_size: int = CU
         The stitched volume (``volume.shape``, or ``(K, *volume.shape)``) and the run's
         :class:`TilingStats`.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     plan = CubePlan(tuple(volume.shape), cube_size, core_size)
     padded = plan.pad(volume.astype(np.float32, copy=False))
     to_run = _cubes_to_run(plan, padded, skip_threshold, run_mask)

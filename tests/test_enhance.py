@@ -187,6 +187,22 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_result(tiny_checkpoint):
         NetworkPredictor(_MemoryLimited(network, limit=0), torch.device("cpu"))(batch)
 
 
+def test_the_enhancer_keeps_the_batch_size_an_out_of_memory_back_off_chose(tiny_checkpoint):
+    from cryosamu_cli.predictor import Enhancer
+    from cryosamu_cli.weights import load_model
+
+    network = load_model(tiny_checkpoint)
+    limited = _MemoryLimited(network, limit=2)
+    limited.config = network.config
+    enhancer = Enhancer(limited, torch.device("cpu"), tiny_checkpoint, batch_size=5)
+    volume = np.abs(smooth_volume((40, 110, 160), seed=2)).astype(np.float32)  # 12 cubes
+    enhancer.run(volume / volume.max())
+    assert enhancer.batch_size == 2  # what the timing report and the next map use
+    limited.batches.clear()
+    enhancer.run(volume / volume.max())
+    assert max(limited.batches) <= 2
+
+
 def test_auto_batch_size_fits_free_memory_and_is_two_on_a_cpu(tiny_checkpoint):
     gib = 1 << 30
     assert batch_size_for_memory(10 * gib, gib) == 8  # 80 % of 10 GiB
