@@ -70,8 +70,9 @@ class Enhancer:
             volume, self._predict, cube_size=self.cube_size, core_size=self.core_size,
             batch_size=self.batch_size, skip_threshold=self.skip_threshold, run_mask=run_mask,
             progress=progress, on_estimate=on_estimate)
-        if self._predict.max_batch is not None:  # an out-of-memory back-off: keep its size
-            self.batch_size = min(self.batch_size, self._predict.max_batch)
+        backed_off = getattr(self._predict, "max_batch", None)  # NetworkPredictor's OOM size
+        if backed_off is not None:
+            self.batch_size = min(self.batch_size, backed_off)
         if self.confidence_passes:
             return out[0], out[1], stats
         return out, None, stats
