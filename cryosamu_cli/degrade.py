@@ -226,8 +226,9 @@ def _post_processed(volume: np.ndarray, local_xyz: np.ndarray,
     """Steps 7–9 on a 1 Å map whose first voxel is at the origin of ``local_xyz``."""
     if params.b_anisotropic > 0:
         volume = anisotropic_blur(volume, params.b_anisotropic, params.anisotropy_direction_xyz)
-    b_sharpen = params.sharpen_fraction * fitted_b_factor(volume, (1.0, 1.0, 1.0),
-                                                         params.resolution_A)
+    b_sharpen = (params.sharpen_fraction * fitted_b_factor(volume, (1.0, 1.0, 1.0),
+                                                          params.resolution_A)
+                 if params.sharpen_fraction > 0 else 0.0)  # no FFT for unsharpened maps
     if params.low_pass:
         volume = band_limit(volume, (1.0, 1.0, 1.0), params.resolution_A, POST_PROCESS_EDGE)
     if b_sharpen > 0:  # after the low-pass (always drawn with sharpening): nothing beyond R
