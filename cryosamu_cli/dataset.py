@@ -4,6 +4,8 @@ Layout of a ``prepare-data`` folder (written by :mod:`cryosamu_cli.prepare`)::
 
     OUT/manifest.json          every pair: status, split, cubes, grid, normalisation, filters…
     OUT/shards/<name>.npy      float16 array (n_cubes, 2, 64, 64, 64): [input, target]
+    OUT/embeddings/<name>.npy  float16 (800, d): the pair's pooled structure embedding, made by
+                               the encoder named in the manifest's ``struct_encoder``
 
 Both volumes of a pair are zero-padded by 64 voxels and cut into non-overlapping 64³ cubes;
 cubes whose target holds no density (max < 0.05) are dropped. The torch ``Dataset`` reads them
@@ -57,8 +59,8 @@ class CubePairDataset:
 
     Shards are memory-mapped: nothing is loaded until a cube is asked for. ``dataset[i]`` is
     ``(input, target)``, each a float32 tensor ``(1, c, c, c)``; with ``with_struct`` it is
-    ``(input, target, embedding)`` with the pair's ``L × 512`` embedding (zeros when the pair
-    has none).
+    ``(input, target, embedding)`` with the pair's ``L × struct_dim`` embedding (zeros when the
+    pair has none). ``struct_dim`` is the width of the folder's embeddings (None: it has none).
     """
 
     def __init__(self, data_dir: str | os.PathLike, split: str = "train",
@@ -74,6 +76,7 @@ class CubePairDataset:
         self.names = [e["name"] for e in entries]
         self.with_struct = with_struct
         self._embeddings = [e.get("embedding") for e in entries]
+        self.struct_encoder, self.struct_dim = _struct_encoder(manifest)
         self._shards = [np.load(self.data_dir / e["shard"], mmap_mode="r") for e in entries]
         self._index = [(s, c) for s, shard in enumerate(self._shards) for c in range(len(shard))]
 
@@ -93,9 +96,22 @@ class CubePairDataset:
     def _embedding(self, shard: int):
         import torch
 
-        from cryosamu_cli.embed import EMBEDDING_DIM, EMBEDDING_LENGTH
+        from cryosamu_cli.embed import EMBEDDING_LENGTH
 
         relative = self._embeddings[shard]
         if relative is None:
-            return torch.zeros(EMBEDDING_LENGTH, EMBEDDING_DIM)
+            return torch.zeros(EMBEDDING_LENGTH, self.struct_dim or 0)
         return torch.from_numpy(np.load(self.data_dir / relative).astype(np.float32))
+
+
+def _struct_encoder(manifest: dict) -> tuple[str | None, int | None]:
+    """Name and width of the folder's structure embeddings; folders written before the encoder
+    was recorded hold ESM-IF1's; (None, None) when no pair has an embedding."""
+    from cryosamu_cli.embed import ESM_IF1_DIM
+
+    recorded = manifest.get("struct_encoder")
+    if recorded:
+        return recorded["name"], int(recorded["dim"])
+    if any(e.get("embedding") for e in manifest["pairs"]):
+        return "esm-if1", ESM_IF1_DIM
+    return None, None

@@ -1,4 +1,6 @@
-"""Structure embeddings: ESM-IF1 per chain, then the attention pooling of eqs. 2–6 (§3.2).
+"""Structure embeddings: a pretrained encoder's residue features per chain (ESM-IF1 as in the
+paper, or ProteinMPNN's encoder, :mod:`cryosamu_cli.proteinmpnn`), then the attention pooling of
+eqs. 2–6 (§3.2) to a fixed ``800 × d`` (d = 512 for ESM-IF1, 128 for ProteinMPNN).
 
 Pooling, for ``C`` chains zero-padded to ``R`` residues, ``E ∈ R^{C×R×d}``:
 
@@ -16,13 +18,94 @@ Pooling, for ``C`` chains zero-padded to ``R`` residues, ``E ∈ R^{C×R×d}``:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 EMBEDDING_LENGTH = 800
-EMBEDDING_DIM = 512
+ESM_IF1_DIM = 512
+PROTEINMPNN_DIM = 128
+# Encoder name → width d of its residue features (and of the stored embeddings).
+STRUCT_ENCODERS = {"esm-if1": ESM_IF1_DIM, "proteinmpnn": PROTEINMPNN_DIM}
+PROTEINMPNN_WEIGHTS = "proteinmpnn-v_48_020"  # its entry in the weights manifest
+
+
+@dataclass(frozen=True)
+class StructureEmbedder:
+    """Model atoms → pooled ``EMBEDDING_LENGTH × dim`` embedding (numpy), with its encoder's
+    name and width: what ``prepare-data`` stores per pair."""
+
+    name: str
+    dim: int
+    embed: Callable[[object], np.ndarray]
+
+    def __call__(self, atoms) -> np.ndarray:
+        return self.embed(atoms)
+
+
+def check_encoder(name: str) -> str:
+    """``name`` if it is a known structure encoder.
+
+    Raises:
+        ConfigError: Unknown encoder.
+    """
+    from cryosamu_cli.errors import ConfigError
+
+    if name not in STRUCT_ENCODERS:
+        raise ConfigError(f"unknown structure encoder '{name}' (choose from "
+                          f"{', '.join(STRUCT_ENCODERS)})")
+    return name
+
+
+def choose_encoder(encoder: str | None = None,
+                   encoder_weights: str | os.PathLike | None = None) -> str:
+    """The structure encoder to use: ``encoder`` when given; else the paper's ESM-IF1 when
+    fair-esm's download of it is cached, ProteinMPNN when its weights are cached, and ESM-IF1
+    (downloaded) otherwise.
+
+    Raises:
+        ConfigError: Unknown encoder, or weights given without saying whose they are.
+    """
+    from cryosamu_cli import weights
+    from cryosamu_cli.errors import ConfigError
+
+    if encoder is not None:
+        return check_encoder(encoder)
+    if encoder_weights is not None:
+        raise ConfigError("--encoder-weights needs --struct-encoder esm-if1|proteinmpnn "
+                          "(which encoder the file is for)")
+    if _esm_if1_cached():
+        return "esm-if1"
+    entry = weights.load_manifest().encoder(PROTEINMPNN_WEIGHTS)
+    if any(p.is_file() for p in (weights.cache_dir() / entry.file,
+                                 weights.shipped_weights_dir() / entry.file)):
+        return "proteinmpnn"
+    return "esm-if1"
+
+
+def _esm_if1_cached() -> bool:
+    """Whether fair-esm's download of ESM-IF1 is in torch hub's cache."""
+    from pathlib import Path
+
+    return (Path(torch.hub.get_dir()) / "checkpoints" / f"{ESM_IF1_NAME}.pt").is_file()
+
+
+def structure_embedder(encoder: str,
+                       encoder_weights: str | os.PathLike | None = None) -> StructureEmbedder:
+    """The embedder of ``encoder`` (``esm-if1`` or ``proteinmpnn``), its network loaded once
+    (``encoder_weights``: a local weights file, else the encoder's own download).
+
+    Raises:
+        ConfigError: Unknown encoder.
+        CryosamuError: The weights cannot be had or read.
+    """
+    check_encoder(encoder)
+    if encoder == "proteinmpnn":
+        return proteinmpnn_embedder(encoder_weights)
+    return esm_embedder(encoder_weights)
 
 
 def attention_weights(rows: torch.Tensor) -> torch.Tensor:
@@ -175,9 +258,35 @@ def embed_structure(atoms, model, alphabet, length: int = EMBEDDING_LENGTH) -> t
     return structure_embedding(chains, length)
 
 
-def esm_embedder(weights_path=None):
-    """Model atoms → their pooled ESM-IF1 embedding (numpy), with the network loaded once:
-    what ``prepare-data`` stores per pair (``weights_path``: a local checkpoint, else
-    fair-esm's download)."""
+def esm_embedder(weights_path=None) -> StructureEmbedder:
+    """Model atoms → their pooled ESM-IF1 embedding, with the network loaded once
+    (``weights_path``: a local checkpoint, else fair-esm's download)."""
     model, alphabet = load_esm_if1(weights_path)
-    return lambda atoms: embed_structure(atoms, model, alphabet).numpy()
+    return StructureEmbedder("esm-if1", ESM_IF1_DIM,
+                             lambda atoms: embed_structure(atoms, model, alphabet).numpy())
+
+
+# --------------------------------------------------------------------------- ProteinMPNN
+
+def proteinmpnn_embedder(weights_path=None) -> StructureEmbedder:
+    """Model atoms → their pooled ProteinMPNN embedding (``800 × 128``), with the encoder
+    loaded once (``weights_path``: a local ``v_48_020.pt``, else the manifest's download)."""
+    from cryosamu_cli import proteinmpnn, weights
+
+    encoder = proteinmpnn.load_encoder(
+        weights.resolve_encoder_weights(PROTEINMPNN_WEIGHTS, weights_path))
+    return StructureEmbedder("proteinmpnn", PROTEINMPNN_DIM,
+                             lambda atoms: embed_proteinmpnn(atoms, encoder).numpy())
+
+
+def embed_proteinmpnn(atoms, encoder, length: int = EMBEDDING_LENGTH) -> torch.Tensor:
+    """ProteinMPNN residue features of every chain (the complex encoded as one graph),
+    pooled to ``length × 128`` (eqs. 2–6).
+
+    Raises:
+        ValueError: No residue with a complete N, CA, C, O backbone.
+    """
+    from cryosamu_cli.proteinmpnn import backbone_of
+
+    chains = encoder.encode(backbone_of(atoms))
+    return structure_embedding(list(chains.values()), length)

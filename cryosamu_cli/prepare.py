@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,7 +24,10 @@ from cryosamu_cli.pair_shards import (DEGRADE_REAL_RANGE_A, DegradedPairJob, Pre
                                       SimulationJob, heavy_atoms, prepare_pair,
                                       prepare_simulated, sources)
 from cryosamu_cli.pairs import Pair, read_pairs
-from cryosamu_cli.structure import Atoms, read_atoms
+from cryosamu_cli.structure import read_atoms
+
+if TYPE_CHECKING:  # embed imports torch, which a run without embeddings does not need
+    from cryosamu_cli.embed import StructureEmbedder
 
 PAPER_PAIRS = Path(__file__).resolve().parent / "data" / "paper_pairs.csv"
 
@@ -33,7 +37,7 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
                  role: str | None = None, simulate_from: str | os.PathLike | None = None,
                  noise_reference: str | os.PathLike | None = None, seed: int = 0,
                  simulate_repeats: int = 1, degrade_real: int = 0,
-                 embedder: Callable[[Atoms], np.ndarray] | None = None,
+                 embedder: StructureEmbedder | None = None,
                  on_plan: Callable[[int], None] | None = None,
                  on_pair: Callable[[dict], None] | None = None,
                  download_progress: Callable[[str, int, int | None], None] | None = None,
@@ -62,9 +66,11 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
             (:func:`cryosamu_cli.degrade.degraded_real_map`, half of them low-passed; with
             ``options.degradation == "realistic"`` copies 1, 2, 5, 6, … keep a masked map's
             mask), named ``<pair>-d<k>``, in the pair's split, with the degradation recorded.
-        embedder: Model atoms → ``800 × 512`` structure embedding (ESM-IF1 + pooling,
-            :func:`cryosamu_cli.embed.embed_structure`); saved as ``embeddings/<name>.npy``
-            for every pair that is ``ok``. None: no embeddings (``--no-struct``).
+        embedder: Model atoms → ``800 × d`` structure embedding
+            (:func:`cryosamu_cli.embed.structure_embedder`); saved as
+            ``embeddings/<name>.npy`` for every pair that is ``ok``, the encoder recorded in
+            the manifest; pairs kept from an earlier run without this encoder's embedding get
+            one. None: no embeddings (``--no-struct``).
         on_plan: Called with the number of pairs to prepare (after resuming and dedup).
         on_pair: Called with each finished pair's manifest entry.
         download_progress: ``(label, bytes_done, bytes_total)`` for EMDB/PDB downloads (with
@@ -88,11 +94,19 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
     if options.dedup_identity is not None:
         todo, duplicates = deduplicate(todo, options.dedup_identity)
         manifest["pairs"] += duplicates
+    to_embed = [e for e in manifest["pairs"] if _needs_embedding(e, embedder)]
+    if embedder is not None:
+        manifest["struct_encoder"] = {"name": embedder.name, "dim": embedder.dim}
     if on_plan is not None:
-        on_plan(len(todo))
+        on_plan(len(todo) + len(to_embed))
+    for entry in to_embed:
+        _embed_entry(output_dir, entry, embedder)
+        _save_manifest(output_dir, manifest)
+        if on_pair is not None:
+            on_pair(entry)
     for entry in _run_jobs(todo, output_dir, options, workers, download_progress):
-        if embedder is not None and entry["status"] == "ok":
-            entry["embedding"] = _write_embedding(output_dir, entry, embedder)
+        if _needs_embedding(entry, embedder):
+            _embed_entry(output_dir, entry, embedder)
         manifest["pairs"].append(entry)
         _save_manifest(output_dir, manifest)
         if on_pair is not None:
@@ -209,19 +223,28 @@ def _prepare_job(job, output_dir: Path, options: PrepareOptions,
     return prepare_pair(job, output_dir, options, download_progress)
 
 
-def _write_embedding(output_dir: Path, entry: dict, embedder) -> str | None:
-    """Embed the pair's model and save it (float16); None when the model has no backbone."""
+def _needs_embedding(entry: dict, embedder: StructureEmbedder | None) -> bool:
+    """Whether an ``ok`` pair lacks an embedding by ``embedder``'s encoder."""
+    return (embedder is not None and entry.get("status") == "ok"
+            and entry.get("struct_encoder") != embedder.name)
+
+
+def _embed_entry(output_dir: Path, entry: dict, embedder: StructureEmbedder) -> None:
+    """Embed the pair's model and save it (float16) as ``embeddings/<name>.npy``, recording
+    the file and the encoder in ``entry``; a model without a backbone gets a note instead."""
+    entry["struct_encoder"] = embedder.name
+    entry.pop("embedding_note", None)
     try:
         embedding = np.asarray(embedder(heavy_atoms(read_atoms(entry["source"]["model"]))))
     except ValueError as exc:
-        entry["embedding_note"] = str(exc)
-        return None
+        entry["embedding"], entry["embedding_note"] = None, str(exc)
+        return
     path = output_dir / "embeddings" / f"{entry['name']}.npy"
     path.parent.mkdir(exist_ok=True)
     with atomic_target(path) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, embedding.astype(np.float16))
-    return str(path.relative_to(output_dir))
+    entry["embedding"] = str(path.relative_to(output_dir))
 
 
 def _is_finished(entry: dict, output_dir: Path) -> bool:

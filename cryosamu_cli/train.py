@@ -14,6 +14,7 @@ beside a ``.json`` with the configuration, version, time and command line, and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -90,7 +91,7 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
         val_set = CubePairDataset(data_dir, "val")
         if len(train_set) == 0:
             raise ConfigError(f"{data_dir} has no training cubes")
-        model_config = model_config or config.model_config()
+        model_config = _struct_width(model_config, train_set, config)
         _check_crop(config.crop_size, model_config, train_set.cube_size)
         model = UNet3D.from_config(model_config)
         if config.init_weights:
@@ -120,8 +121,32 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
         _teardown(world)
 
 
+def _struct_width(model_config: UNetConfig | None, train_set: CubePairDataset,
+                  config: TrainConfig) -> UNetConfig:
+    """The network of this run, its ``struct_dim`` following the width of the data's
+    structure embeddings (a network given explicitly must already match it).
+
+    Raises:
+        ConfigError: Training with embeddings on data without them, or a width mismatch.
+    """
+    if config.no_struct:
+        return model_config or config.model_config()
+    if train_set.struct_dim is None:
+        raise ConfigError(f"{train_set.data_dir} holds no structure embeddings: prepare it "
+                          "without --no-struct, or train with --no-struct")
+    if model_config is None:
+        return dataclasses.replace(config.model_config(), struct_dim=train_set.struct_dim)
+    if model_config.struct_dim != train_set.struct_dim:
+        raise ConfigError(f"the network takes {model_config.struct_dim}-wide structure "
+                          f"embeddings but {train_set.data_dir} holds {train_set.struct_dim}-wide "
+                          f"ones ({train_set.struct_encoder})")
+    return model_config
+
+
 def _load_initial_weights(model: nn.Module, path: str) -> None:
-    """Start from a checkpoint's weights (fine-tuning); its network must match this run's.
+    """Start from a checkpoint's weights (fine-tuning); its network must match this run's,
+    except for the width of the structure embeddings: then the cross-attention starts afresh,
+    its output projection at zero so that the network first computes what the checkpoint did.
 
     Raises:
         ConfigError: The checkpoint's network differs from the run's.
@@ -129,10 +154,17 @@ def _load_initial_weights(model: nn.Module, path: str) -> None:
     from cryosamu_cli.weights import load_model
 
     source = load_model(Path(path))
-    if source.config != model.config:
+    if dataclasses.replace(source.config, struct_dim=model.config.struct_dim) != model.config:
         raise ConfigError(f"--init-weights {path} holds a different network "
                           f"({source.config.to_dict()}) than this run's preset")
-    model.load_state_dict(source.state_dict())
+    if source.config == model.config:
+        model.load_state_dict(source.state_dict())
+        return
+    kept = {k: v for k, v in source.state_dict().items() if not k.startswith("mid_cross.")}
+    model.load_state_dict(kept, strict=False)
+    with torch.no_grad():
+        model.mid_cross.attention.out_proj.weight.zero_()
+        model.mid_cross.attention.out_proj.bias.zero_()
 
 
 def _real_validation_maps(config: TrainConfig, rank: int) -> list:
@@ -357,7 +389,11 @@ def _restore(path: Path, model, optimiser, scheduler, device) -> Progress:
     if not path.is_file():
         raise ConfigError(f"nothing to resume: {path} does not exist")
     state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state["state_dict"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise ConfigError(f"{path} holds a different network than this run's (other preset, "
+                          f"channels or structure embedding width)") from exc
     optimiser.load_state_dict(state["optimiser"])
     scheduler.load_state_dict(state["scheduler"])
     return Progress(**state["progress"])

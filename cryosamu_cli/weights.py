@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +59,51 @@ class WeightsEntry:
 
 
 @dataclass(frozen=True)
+class EncoderWeightsEntry:
+    """Published weights of a structure encoder that ``prepare-data`` uses (not a U-Net).
+
+    Attributes:
+        name: Registry name, e.g. ``proteinmpnn-v_48_020``.
+        file: File name in the cache.
+        url: Upstream download address.
+        sha256: Full SHA-256 of the file.
+        size: Size in bytes.
+        licence: The weights' licence.
+        description: One line for ``cryosamu weights list``.
+    """
+
+    name: str
+    file: str
+    url: str
+    sha256: str
+    size: int
+    licence: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """The registry of pretrained models and which one ``enhance`` uses by default."""
+    """The registry of pretrained models (and of the structure encoders' weights) and which
+    model ``enhance`` uses by default."""
 
     entries: dict[str, WeightsEntry]
     default: str | None = None
+    encoders: dict[str, EncoderWeightsEntry] = field(default_factory=dict)
+
+    def encoder(self, name: str) -> EncoderWeightsEntry:
+        """The structure encoder weights called ``name``.
+
+        Raises:
+            WeightsError: No such entry.
+        """
+        if name not in self.encoders:
+            known = ", ".join(sorted(self.encoders)) or "none"
+            raise WeightsError(f"unknown encoder weights '{name}' (known: {known})")
+        return self.encoders[name]
+
+    def any_entry(self, name: str | None) -> WeightsEntry | EncoderWeightsEntry:
+        """A model or encoder entry by name (the default model when ``name`` is None)."""
+        return self.encoders[name] if name in self.encoders else self.get(name)
 
     def get(self, name: str | None = None) -> WeightsEntry:
         """The entry called ``name``, or the default one.
@@ -99,7 +139,9 @@ def load_manifest(path: Path | None = None) -> Manifest:
     try:
         raw = json.loads(Path(path).read_text())
         entries = {name: WeightsEntry(name=name, **fields) for name, fields in raw["models"].items()}
-        return Manifest(entries=entries, default=raw.get("default"))
+        encoders = {name: EncoderWeightsEntry(name=name, **fields)
+                    for name, fields in raw.get("encoders", {}).items()}
+        return Manifest(entries=entries, default=raw.get("default"), encoders=encoders)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise WeightsError(f"cannot read weights manifest {path}: {exc}") from exc
 
@@ -136,7 +178,33 @@ def resolve_weights(weights: str | os.PathLike | None = None, *, name: str | Non
         if not path.is_file():
             raise WeightsError(f"weights file not found: {path}")
         return path
-    entry = (manifest or load_manifest()).get(name)
+    return _local_or_downloaded((manifest or load_manifest()).get(name), progress, "--weights")
+
+
+def resolve_encoder_weights(name: str, weights: str | os.PathLike | None = None, *,
+                            manifest: Manifest | None = None,
+                            progress: DownloadProgress | None = None) -> Path:
+    """A structure encoder's weights file: ``weights`` when given, else the manifest entry
+    ``name`` from the cache, downloaded (SHA-256 checked) on first use.
+
+    Raises:
+        WeightsError: The explicit file is missing, the name is unknown, or offline mode
+            forbids the download.
+        DownloadError: The download failed.
+    """
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"encoder weights file not found: {path}")
+        return path
+    return _local_or_downloaded((manifest or load_manifest()).encoder(name), progress,
+                                "--encoder-weights")
+
+
+def _local_or_downloaded(entry: WeightsEntry | EncoderWeightsEntry,
+                         progress: DownloadProgress | None, option: str) -> Path:
+    """The cached (or shipped) copy of ``entry`` with the right size, else a download
+    (``option``: the command-line option that takes a local file instead)."""
     for candidate in (cache_dir() / entry.file, shipped_weights_dir() / entry.file):
         if _has_expected_size(candidate, entry):
             return candidate
@@ -144,16 +212,16 @@ def resolve_weights(weights: str | os.PathLike | None = None, *, name: str | Non
         raise WeightsError(
             f"weights '{entry.name}' are not in the cache and {OFFLINE_ENV} is set; run "
             f"'cryosamu weights download {entry.name}' where the internet is reachable, copy "
-            f"{entry.file} into {cache_dir()}, or pass --weights PATH")
+            f"{entry.file} into {cache_dir()}, or pass {option} PATH")
     return download_weights(entry, progress=progress)
 
 
-def _has_expected_size(path: Path, entry: WeightsEntry) -> bool:
+def _has_expected_size(path: Path, entry: WeightsEntry | EncoderWeightsEntry) -> bool:
     """Cheap check made on every load: the file exists with the manifest's size."""
     return path.is_file() and path.stat().st_size == entry.size
 
 
-def download_weights(entry: WeightsEntry, *, progress: DownloadProgress | None = None,
+def download_weights(entry: WeightsEntry | EncoderWeightsEntry, *, progress: DownloadProgress | None = None,
                      timeout_s: float = 30.0) -> Path:
     """Stream ``entry.url`` into the cache, checking size and SHA-256, and return the file.
 
@@ -170,7 +238,7 @@ def download_weights(entry: WeightsEntry, *, progress: DownloadProgress | None =
                           timeout_s=timeout_s, progress=progress, label=f"'{entry.name}'")
 
 
-def download_url(entry: WeightsEntry) -> str:
+def download_url(entry: WeightsEntry | EncoderWeightsEntry) -> str:
     """Where ``entry`` is downloaded from: the mirror in ``$CRYOSAMU_WEIGHTS_URL``, else the
     manifest's address.
 
@@ -197,7 +265,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_entry(entry: WeightsEntry) -> dict[str, str]:
+def verify_entry(entry: WeightsEntry | EncoderWeightsEntry) -> dict[str, str]:
     """Re-hash every local copy of ``entry``: ``{path: 'ok' | 'corrupt'}`` (missing ones left out)."""
     results = {}
     for candidate in (cache_dir() / entry.file, shipped_weights_dir() / entry.file):

@@ -56,7 +56,7 @@ def test_long_embeddings_keep_the_top_weighted_residues():
 
 def test_structure_embedding_has_the_paper_shape_and_is_deterministic():
     torch.manual_seed(1)
-    chains = [torch.randn(n, embed.EMBEDDING_DIM) * 0.05 for n in (120, 300, 95)]
+    chains = [torch.randn(n, embed.ESM_IF1_DIM) * 0.05 for n in (120, 300, 95)]
     first = embed.structure_embedding(chains)
     again = embed.structure_embedding([c.clone() for c in chains])
     assert first.shape == (800, 512) and first.dtype == torch.float32

@@ -18,6 +18,8 @@ cryosamu prepare-data pairs.csv -o data --no-struct --role train --min-cc 0.6
 
 cryosamu prepare-data --pairs paper -o paper_set    # needs EMDB, RCSB and the ESM weights
 
+cryosamu prepare-data pairs.csv -o data --struct-encoder proteinmpnn
+
 cryosamu prepare-data -o sim --no-struct --simulate-from models/ --noise-reference emd_6824.mrc"""
 
 
@@ -30,8 +32,15 @@ def prepare_cmd(
         "are paths or EMDB/PDB IDs. 'paper': the paper's Tables S1-S3.")] = None,
     pairs_option: Annotated[Optional[Path], typer.Option(
         "--pairs", help="Same as PAIRS_CSV (e.g. --pairs paper).")] = None,
-    no_struct: Annotated[bool, typer.Option("--no-struct", help="Skip the ESM-IF1 structure "
+    no_struct: Annotated[bool, typer.Option("--no-struct", help="Skip the structure "
                                             "embeddings.")] = False,
+    struct_encoder: Annotated[Optional[str], typer.Option(
+        "--struct-encoder", metavar="esm-if1|proteinmpnn", help="Encoder of the structure "
+        "embeddings (default: esm-if1 as the paper when its weights are cached, else "
+        "proteinmpnn when its weights are cached, else esm-if1).")] = None,
+    encoder_weights: Annotated[Optional[Path], typer.Option(
+        "--encoder-weights", dir_okay=False, help="Local weights of the structure encoder "
+        "(default: downloaded on first use and checked).")] = None,
     workers: Annotated[int, typer.Option(help="Pairs prepared in parallel.", min=1)] = 1,
     role: Annotated[Optional[str], typer.Option(help="Only rows whose split/role is this.")] = None,
     min_res: Annotated[float, typer.Option("--min-res", help="Refuse maps finer than this (Å).")] = 2.0,
@@ -66,8 +75,8 @@ def prepare_cmd(
         "--target-bfactors", help="Widen each atom of the eq. 1 target by its model "
         "B-factor (the paper's eq. 1 does not).")] = False,
     esm_weights: Annotated[Optional[Path], typer.Option(
-        "--esm-weights", dir_okay=False, help="Local ESM-IF1 checkpoint (default: fair-esm's "
-        "download on first use).")] = None,
+        "--esm-weights", dir_okay=False, hidden=True,
+        help="Same as --struct-encoder esm-if1 --encoder-weights PATH.")] = None,
 ) -> None:
     """Map–model pairs → 1 Å grids, eq. 1 targets and 64³ cube shards (resumable)."""
     from cryosamu_cli import pair_shards, prepare
@@ -89,10 +98,14 @@ def prepare_cmd(
 
     with user_errors(), bar:
         embedder = None
-        if not no_struct:  # torch and fair-esm only when embeddings are made
-            from cryosamu_cli.embed import esm_embedder
+        if not no_struct:  # torch and the encoder only when embeddings are made
+            from cryosamu_cli import embed
 
-            embedder = esm_embedder(esm_weights)
+            if esm_weights is not None:
+                struct_encoder, encoder_weights = struct_encoder or "esm-if1", esm_weights
+            embedder = embed.structure_embedder(
+                embed.choose_encoder(struct_encoder, encoder_weights), encoder_weights)
+            console.print(f"structure embeddings: {embedder.name} ({embedder.dim} wide)")
         options = pair_shards.PrepareOptions(min_resolution_A=min_res, max_resolution_A=max_res,
                                          min_cc_mask=min_cc, dedup_identity=dedup_identity,
                                          target_bfactors=target_bfactors,
