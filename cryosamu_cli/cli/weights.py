@@ -26,17 +26,23 @@ def list_cmd() -> None:
         table.add_row(entry.name, "yes" if entry.name == manifest.default else "",
                       f"{entry.size / 1e6:.1f}", str(local[0]) if local else "not downloaded",
                       entry.description)
+    for encoder in manifest.encoders.values():
+        local = weights_lib.cache_dir() / encoder.file
+        table.add_row(encoder.name, "", f"{encoder.size / 1e6:.1f}",
+                      str(local) if local.is_file() else "not downloaded",
+                      f"{encoder.description} ({encoder.licence})")
     console.print(table if manifest.entries else "No pretrained models are listed in this version.")
 
 
 @app.command("download", epilog=epilog("cryosamu weights download cryosamu-light-v1"))
 def download_cmd(name: Annotated[Optional[str], typer.Argument(
-        help="Model name (default: the default model).")] = None) -> None:
-    """Download a pretrained model into the cache (checksummed)."""
+        help="Model or structure encoder name (default: the default model).")] = None) -> None:
+    """Download a pretrained model (or a structure encoder's weights) into the cache
+    (checksummed)."""
     from cryosamu_cli import weights as weights_lib
 
     with user_errors():
-        entry = weights_lib.load_manifest().get(name)
+        entry = weights_lib.load_manifest().any_entry(name)
         path = weights_lib.download_weights(entry)
     console.print(f"{entry.name} saved to {path}")
 
@@ -49,7 +55,7 @@ def verify_cmd() -> None:
     with user_errors():
         manifest = weights_lib.load_manifest()
     corrupt = 0
-    for entry in manifest.entries.values():
+    for entry in [*manifest.entries.values(), *manifest.encoders.values()]:
         for path, status in weights_lib.verify_entry(entry).items():
             corrupt += status != "ok"
             console.print(f"{entry.name}: {path}: {status}")
