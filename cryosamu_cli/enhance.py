@@ -159,13 +159,12 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
         core_size=core_size, threads=threads, confidence=confidence,
         skip_threshold=skip_threshold, precision=precision, download_progress=download_progress)
     clock.lap("load")
-    on_1A = grid_ops.resample_to_spacing(data, grid.voxel_size_zyx)
-    norm = grid_ops.normalisation_of(on_1A)
+    normalised_1A, norm = _normalised_on_1A(data, grid)
     run_mask = _run_mask(mask, mask_mode, grid)
-    normalised_1A = grid_ops.normalise(on_1A, norm)
     clock.lap("resample")
     enhanced_1A, std_1A, stats = enhancer.run(normalised_1A, run_mask=run_mask,
                                               progress=progress, on_estimate=on_estimate)
+    del normalised_1A  # the 1 Å arrays that are done with go before the next ones are made
     clock.lap("tiles")
     enhanced_1A = _limit_band(enhanced_1A, limit, band_edge)
     enhanced = _back_to_grid(enhanced_1A, grid)
@@ -183,6 +182,15 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                          time.perf_counter() - started, stats.cubes_total, stats.cubes_run,
                          stats.cubes_skipped, norm.scale, extra, half_map_resolution, stages,
                          limit, enhancer.precision_name, density_scale)
+
+
+def _normalised_on_1A(data: np.ndarray,
+                      grid: mapio.GridInfo) -> tuple[np.ndarray, grid_ops.Normalisation]:
+    """The map resampled to the network's 1 Å grid and normalised (§3.2), and the scale used;
+    the unnormalised 1 Å copy lives only in here."""
+    on_1A = grid_ops.resample_to_spacing(data, grid.voxel_size_zyx)
+    norm = grid_ops.normalisation_of(on_1A)
+    return grid_ops.normalise(on_1A, norm), norm
 
 
 def _limit_band(volume_1A: np.ndarray, limit: resolution_ops.ResolutionChoice,

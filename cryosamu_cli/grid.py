@@ -18,6 +18,11 @@ from cryosamu_cli.errors import InvalidMapError
 NETWORK_VOXEL_SIZE_A = 1.0
 NORMALISATION_PERCENTILE = 99.9
 _SPLINE_ORDER = 3
+# Resampling works on slabs of about this many output voxels (16 MiB of float32) ...
+RESAMPLE_BLOCK_VOXELS = 1 << 22
+# ... each with this many input rows either side: a cubic spline's prefilter decays as
+# 0.268^n, so 16 rows leave slab edges 1e-9 of the density away from a whole-map resampling.
+SPLINE_MARGIN = 16
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,29 @@ def resample_to_grid(data: np.ndarray, data_voxel_A: float, shape_zyx: tuple[int
     return _affine_resample(data, step, tuple(shape_zyx))
 
 
-def _affine_resample(data: np.ndarray, step: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Sample ``data`` at ``index * step`` for every index of an output of ``shape``."""
+def _affine_resample(data: np.ndarray, step: np.ndarray, shape: tuple[int, ...],
+                     block_voxels: int | None = None) -> np.ndarray:
+    """Sample ``data`` at ``index * step`` for every index of an output of ``shape``.
+
+    By slabs of about ``block_voxels`` (default :data:`RESAMPLE_BLOCK_VOXELS`) output voxels
+    along z, each interpolated from the input
+    rows it needs plus :data:`SPLINE_MARGIN` rows either side, so that the spline prefilter's
+    float64 copy is of a slab, never of the whole map (a map that fits in one block is done in
+    one call, exactly as before).
+    """
     if np.allclose(step, 1.0) and tuple(shape) == data.shape:
         return data.astype(np.float32, copy=True)
-    return ndimage.affine_transform(data.astype(np.float32, copy=False), step, offset=0.0,
-                                    output_shape=tuple(shape), order=_SPLINE_ORDER,
-                                    mode="nearest", output=np.float32)
+    data = data.astype(np.float32, copy=False)
+    output = np.empty(tuple(shape), dtype=np.float32)
+    rows = max(1, (block_voxels or RESAMPLE_BLOCK_VOXELS) // max(1, shape[1] * shape[2]))
+    for start in range(0, shape[0], rows):
+        stop = min(shape[0], start + rows)
+        first = max(0, math.floor(start * step[0]) - SPLINE_MARGIN)
+        last = min(data.shape[0], math.ceil((stop - 1) * step[0]) + 1 + SPLINE_MARGIN)
+        ndimage.affine_transform(data[first:last], step, offset=(start * step[0] - first, 0, 0),
+                                 output_shape=(stop - start, *shape[1:]), order=_SPLINE_ORDER,
+                                 mode="nearest", output=output[start:stop])
+    return output
 
 
 def normalisation_of(data: np.ndarray,
@@ -148,9 +169,12 @@ def band_limit(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A
     from scipy import fft
 
     spectrum = fft.rfftn(data.astype(np.float32, copy=False), workers=-1)
-    spectrum *= low_pass_weights(_frequency_radius(data.shape, voxel_size_zyx), resolution_A,
-                                 edge).astype(np.float32)
-    return fft.irfftn(spectrum, s=data.shape, workers=-1).astype(np.float32, copy=False)
+    for plane in range(spectrum.shape[0]):  # weights one z-plane at a time: no full-size temporaries
+        spectrum[plane:plane + 1] *= low_pass_weights(
+            _frequency_radius(data.shape, voxel_size_zyx, plane), resolution_A,
+            edge).astype(np.float32)
+    return fft.irfftn(spectrum, s=data.shape, workers=-1, overwrite_x=True).astype(
+        np.float32, copy=False)
 
 
 def shell_index(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, float]:
@@ -168,12 +192,15 @@ def shell_index(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...]) -
     return np.rint(radius / width).astype(np.int64), width
 
 
-def _frequency_radius(shape_zyx: tuple[int, ...],
-                      voxel_size_zyx: tuple[float, ...]) -> np.ndarray:
-    """|s| in 1/Å of every voxel of an rFFT half spectrum of ``shape_zyx``."""
+def _frequency_radius(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...],
+                      plane: int | None = None) -> np.ndarray:
+    """|s| in 1/Å of every voxel of an rFFT half spectrum of ``shape_zyx`` (of its z-plane
+    ``plane`` alone, shape ``(1, ny, nx // 2 + 1)``, when given)."""
     nz, ny, nx = shape_zyx
     vz, vy, vx = voxel_size_zyx
     fz = np.fft.fftfreq(nz, d=vz).astype(np.float32)[:, None, None]
+    if plane is not None:
+        fz = fz[plane:plane + 1]
     fy = np.fft.fftfreq(ny, d=vy).astype(np.float32)[None, :, None]
     fx = np.fft.rfftfreq(nx, d=vx).astype(np.float32)[None, None, :]
     return np.sqrt(fz ** 2 + fy ** 2 + fx ** 2)

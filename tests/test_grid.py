@@ -58,3 +58,38 @@ def test_normalisation_uses_the_positive_999th_percentile():
 def test_unusable_maps_are_refused(volume, message):
     with pytest.raises(InvalidMapError, match=message):
         grid.normalisation_of(volume)
+
+
+@pytest.mark.parametrize("step", [(1 / 1.1,) * 3, (1.3, 0.8, 1.0), (0.5, 1.0, 1.0)])
+def test_block_wise_resampling_equals_one_pass_over_the_whole_map(step):
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((60, 40, 30)).astype(np.float32)
+    step = np.asarray(step)
+    shape = tuple(int(np.floor((n - 1) / s)) + 1 for n, s in zip(data.shape, step))
+    whole = grid._affine_resample(data, step, shape, block_voxels=1 << 40)
+    one_row_per_block = grid._affine_resample(data, step, shape, block_voxels=1)
+    assert one_row_per_block.shape == shape and one_row_per_block.dtype == np.float32
+    np.testing.assert_allclose(one_row_per_block, whole, rtol=0, atol=1e-6)
+
+
+def test_block_wise_resampling_keeps_peak_memory_to_the_output_and_one_slab():
+    import tracemalloc
+
+    data = np.random.default_rng(1).standard_normal((400, 48, 48)).astype(np.float32)
+    step = np.full(3, 1 / 1.1)
+    shape = grid.resampled_shape(data.shape, (1.1,) * 3)
+    output_bytes = int(np.prod(shape)) * 4
+    transient = {}
+    tracemalloc.start()
+    try:
+        for name, block_voxels in (("whole", 1 << 40), ("blocks", 1 << 14)):
+            tracemalloc.reset_peak()
+            start = tracemalloc.get_traced_memory()[0]
+            grid._affine_resample(data, step, shape, block_voxels=block_voxels)
+            transient[name] = tracemalloc.get_traced_memory()[1] - start - output_bytes
+    finally:
+        tracemalloc.stop()
+    # one pass holds the spline prefilter's float64 copies of the whole map (> 2 × 8 bytes per
+    # input voxel); by blocks, of a few rows plus the margins
+    assert transient["whole"] > 2 * data.size * 8
+    assert transient["blocks"] < 0.25 * transient["whole"]
