@@ -105,7 +105,7 @@ def normalisation_of(data: np.ndarray,
     positive = data[data > 0]
     if positive.size == 0:
         raise InvalidMapError("the map has no positive density to enhance")
-    scale = float(np.percentile(positive, percentile))
+    scale = float(np.percentile(positive, percentile, overwrite_input=True))  # no 2nd copy
     if scale <= 0:
         raise InvalidMapError("the map has no positive density to enhance")
     return Normalisation(scale=scale, percentile=percentile)

@@ -1,9 +1,12 @@
 """Whether a map fits in memory: checked before any large array is made.
 
-``enhance`` works on the map resampled to 1 Å: the resampled map, its normalised copy, the
-stitched output, the band limit's half spectrum and weights and the spline prefilter's float64
-copy live together, about :data:`BYTES_PER_1A_VOXEL` per voxel of the 1 Å grid at the peak,
-plus the network and its activations (:data:`FIXED_BYTES`).
+``enhance`` works on the map resampled to 1 Å: the map itself, its normalised 1 Å copy, the
+zero-padded copy the cubes are cut from, the stitched output, the band limit's half spectrum and
+the resampling back (by slabs, so the spline prefilter's float64 copies are a slab's) live
+together at the peak. ``benchmarks/large_map_memory.py`` measured 23.4 bytes of peak RSS per
+voxel of the 1 Å grid on a 400³ map with 1.1 Å voxels (41.3 when every step worked on the
+whole map at once); :data:`BYTES_PER_1A_VOXEL` adds room for half maps, masks and ``--confidence``, and
+:data:`FIXED_BYTES` is the network and its activations.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 from cryosamu_cli.errors import ResourceError
 from cryosamu_cli.grid import NETWORK_VOXEL_SIZE_A, resampled_shape
 
-BYTES_PER_1A_VOXEL = 48
+BYTES_PER_1A_VOXEL = 32
 FIXED_BYTES = 1 << 30
 # Voxels coarser than this cannot hold a 4-8 Å map (Nyquist is twice the voxel).
 COARSEST_USEFUL_VOXEL_A = 4.0

@@ -174,12 +174,14 @@ def test_structure_embeddings_with_random_esm_if1_weights(shared_data, tmp_path)
                         f"{shared_data}/pairs/emd-2566/3J6B_9.pdb,3.2,train\n")
     calls = []
 
-    def embedder(atoms):
+    def embed_esm(atoms):
         calls.append(len(atoms))
         return embed.embed_structure(atoms, model, alphabet).numpy()
 
+    embedder = embed.StructureEmbedder("esm-if1", embed.ESM_IF1_DIM, embed_esm)
     manifest = prepare.prepare_data(pairs_csv=csv_path, output_dir=tmp_path / "d",
                                     embedder=embedder)
+    assert manifest["struct_encoder"] == {"name": "esm-if1", "dim": 512}
     (entry,) = manifest["pairs"]
     stored = np.load(tmp_path / "d" / entry["embedding"])
     assert stored.shape == (800, 512) and stored.dtype == np.float16 and len(calls) == 1
