@@ -50,6 +50,7 @@ class TrainConfig:
     grad_clip: float = 0.5
     seed: int = 0
     no_struct: bool = False
+    struct_dropout: float = 0.0
     preset: str = "paper"
     base_channels: int | None = None
     precision: str = "auto"
@@ -129,6 +130,8 @@ def _struct_width(model_config: UNetConfig | None, train_set: CubePairDataset,
     Raises:
         ConfigError: Training with embeddings on data without them, or a width mismatch.
     """
+    if not 0.0 <= config.struct_dropout <= 1.0:
+        raise ConfigError(f"--struct-dropout must be between 0 and 1, got {config.struct_dropout}")
     if config.no_struct:
         return model_config or config.model_config()
     if train_set.struct_dim is None:
@@ -197,12 +200,13 @@ def _teardown(world: int) -> None:
 
 def _wrap(model: nn.Module, world: int, device: torch.device, config: TrainConfig) -> nn.Module:
     """DDP around the model when several processes run; without embeddings the
-    cross-attention takes no part in the loss, so DDP must allow unused parameters."""
+    cross-attention takes no part in the loss (nor on the steps ``struct_dropout`` leaves
+    without them), so DDP must allow unused parameters."""
     if world == 1:
         return model
     return nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=config.no_struct)
+        find_unused_parameters=config.no_struct or config.struct_dropout > 0)
 
 
 def _loader(dataset: CubePairDataset, config: TrainConfig, rank: int, world: int):
@@ -279,6 +283,8 @@ def train_step(model: nn.Module, batch, optimiser, scheduler, config: TrainConfi
     inputs, targets = crop_and_flip(batch[0], batch[1], config.crop_size, config.augment)
     targets = targets.to(device)
     struct = batch[2].to(device) if len(batch) > 2 and not config.no_struct else None
+    if struct is not None and config.struct_dropout > 0 and torch.rand(()) < config.struct_dropout:
+        struct = None  # this step trains the path inference takes
     inputs = _augment(inputs, augmenter).to(device)
     with torch.autocast(device.type, dtype=precision or torch.float32,
                         enabled=precision is not None):

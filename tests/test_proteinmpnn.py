@@ -296,3 +296,26 @@ def test_training_with_embeddings_on_data_without_them_is_refused(shared_data, t
     with pytest.raises(ConfigError, match="holds no structure embeddings"):
         train.train(data_dir=tmp_path / "data", run_dir=tmp_path / "run",
                     config=train.TrainConfig(no_struct=False, epochs=1))
+
+
+def test_struct_dropout_trains_the_inference_path_and_is_range_checked(data_with_embeddings,
+                                                                      tiny_config, tmp_path):
+    import dataclasses
+
+    from cryosamu_cli import train
+    from cryosamu_cli.dataset import CubePairDataset
+    from cryosamu_cli.model.unet import UNet3D
+
+    torch.manual_seed(0)
+    model = UNet3D.from_config(dataclasses.replace(tiny_config, struct_dim=128))
+    x, y, struct = CubePairDataset(data_with_embeddings, "train", with_struct=True)[0]
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=10)
+    before = model.mid_cross.attention.k_proj_weight.detach().clone()
+    always_dropped = train.TrainConfig(no_struct=False, augment=False, struct_dropout=1.0)
+    train.train_step(model, (x[None], y[None], struct[None]), optimiser, scheduler,
+                     always_dropped, None, torch.device("cpu"))
+    assert torch.equal(before, model.mid_cross.attention.k_proj_weight)  # never attended
+    with pytest.raises(ConfigError, match="--struct-dropout must be between 0 and 1"):
+        train.train(data_dir=data_with_embeddings, run_dir=tmp_path / "run",
+                    config=train.TrainConfig(no_struct=False, struct_dropout=1.5))

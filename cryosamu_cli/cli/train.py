@@ -37,6 +37,10 @@ def train_cmd(
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
     no_struct: Annotated[bool, typer.Option("--no-struct", help="Train without structure "
                                             "embeddings (the ablation).")] = False,
+    struct_dropout: Annotated[float, typer.Option(
+        "--struct-dropout", help="Fraction of training steps run without the structure "
+        "embeddings, so that the network also learns the inference-time path (0: the "
+        "paper).")] = 0.0,
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     no_augment: Annotated[bool, typer.Option("--no-augment", help="No TorchIO "
                                              "augmentation.")] = False,
@@ -57,6 +61,7 @@ def train_cmd(
 
     config = train_lib.TrainConfig(epochs=epochs, batch_size=batch_size,
                                    learning_rate=learning_rate, seed=seed, no_struct=no_struct,
+                                   struct_dropout=struct_dropout,
                                    preset=preset, base_channels=base_channels,
                                    precision=precision, augment=not no_augment,
                                    crop_size=crop_size, max_steps_per_epoch=max_steps,
