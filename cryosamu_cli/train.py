@@ -31,6 +31,7 @@ from torch import nn
 
 from cryosamu_cli import __version__
 from cryosamu_cli.atomic import write_text_atomic
+from cryosamu_cli.augment import augment_inputs, crop_and_flip, input_augmenter
 from cryosamu_cli.dataset import CubePairDataset
 from cryosamu_cli.device import resolve_precision
 from cryosamu_cli.errors import ConfigError
@@ -235,45 +236,6 @@ def _check_crop(crop_size: int | None, model_config: UNetConfig, cube_size: int)
                           f"{factor} and the cube size {cube_size}")
 
 
-def crop_and_flip(inputs: torch.Tensor, targets: torch.Tensor, crop_size: int | None,
-                  flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same random ``crop_size``³ window and (with ``flip``) the same random axis flips and
-    transposition of input and target cubes ``(B, 1, n, n, n)``; densities have no handedness
-    to protect at the resolution of a cube's contents, so mirror images are valid examples."""
-    if crop_size is not None and crop_size < inputs.shape[-1]:
-        starts = torch.randint(0, inputs.shape[-1] - crop_size + 1, (3,)).tolist()
-        window = (...,) + tuple(slice(s, s + crop_size) for s in starts)
-        inputs, targets = inputs[window], targets[window]
-    if flip:
-        axes = [2 + a for a in range(3) if torch.rand(()) < 0.5]
-        order = (0, 1, *(2 + p for p in torch.randperm(3).tolist()))
-        inputs, targets = (t.flip(axes).permute(order) if axes else t.permute(order)
-                           for t in (inputs, targets))
-    return inputs.contiguous(), targets.contiguous()
-
-
-def _augmenter(config: TrainConfig):
-    """TorchIO noise, anisotropy and blur for the input cubes (None without ``augment``).
-    The blur reaches σ = 1.5 Å so that the 3.2–3.8 Å real pairs are also seen degraded to
-    the 4–8 Å range the model is for."""
-    if not config.augment:
-        return None
-    import torchio as tio
-
-    return tio.Compose([tio.RandomNoise(std=(0.0, 0.05), p=0.5),
-                        tio.RandomAnisotropy(downsampling=(1.5, 3.0), p=0.3),
-                        tio.RandomBlur(std=(0.0, 1.5), p=0.5)])
-
-
-def _augment(inputs: torch.Tensor, augmenter) -> torch.Tensor:
-    """Apply the augmentation to each input cube of a batch (targets stay untouched)."""
-    if augmenter is None:
-        return inputs
-    import torchio as tio
-
-    return torch.stack([augmenter(tio.ScalarImage(tensor=cube)).data for cube in inputs])
-
-
 def train_step(model: nn.Module, batch, optimiser, scheduler, config: TrainConfig,
                precision: torch.dtype | None, device: torch.device, augmenter=None,
                scaler: torch.amp.GradScaler | None = None) -> float:
@@ -285,7 +247,7 @@ def train_step(model: nn.Module, batch, optimiser, scheduler, config: TrainConfi
     struct = batch[2].to(device) if len(batch) > 2 and not config.no_struct else None
     if struct is not None and config.struct_dropout > 0 and torch.rand(()) < config.struct_dropout:
         struct = None  # this step trains the path inference takes
-    inputs = _augment(inputs, augmenter).to(device)
+    inputs = augment_inputs(inputs, augmenter).to(device)
     with torch.autocast(device.type, dtype=precision or torch.float32,
                         enabled=precision is not None):
         loss = nn.functional.smooth_l1_loss(model(inputs, struct).float(), targets)
@@ -305,7 +267,7 @@ def _epochs(ddp_model, model, loader, validation, optimiser, scheduler, progress
     """The epoch loop: train, validate (cubes; and real maps when given), log and checkpoint
     (rank 0)."""
     val_set, real_maps = validation
-    augmenter = _augmenter(config)
+    augmenter = input_augmenter(config.augment)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
     history = []
     while progress.epoch < config.epochs:

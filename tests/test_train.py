@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cryosamu_cli import dataset, enhance, train
+from cryosamu_cli import augment, dataset, enhance, train
 from cryosamu_cli.examples import write_example_map
 from cryosamu_cli.device import resolve_precision
 from cryosamu_cli.model.unet import UNet3D
@@ -144,12 +144,12 @@ def test_precision_choice():
 def test_crop_and_flip_cut_the_same_window_from_input_and_target():
     torch.manual_seed(1)
     volume = torch.arange(2 * 16 ** 3, dtype=torch.float32).reshape(2, 1, 16, 16, 16)
-    inputs, targets = train.crop_and_flip(volume, volume + 0.5, crop_size=8, flip=True)
+    inputs, targets = augment.crop_and_flip(volume, volume + 0.5, crop_size=8, flip=True)
     assert inputs.shape == targets.shape == (2, 1, 8, 8, 8)
     assert torch.equal(targets - inputs, torch.full_like(inputs, 0.5))  # same voxels in both
     # the crop holds 8³ distinct voxels of the source, each cube from its own batch item
     assert len(torch.unique(inputs[0])) == 512 and inputs[0].max() < 16 ** 3 <= inputs[1].min()
-    same, same_targets = train.crop_and_flip(volume, volume, crop_size=None, flip=False)
+    same, same_targets = augment.crop_and_flip(volume, volume, crop_size=None, flip=False)
     assert torch.equal(same, volume) and torch.equal(same_targets, volume)
 
 
@@ -158,7 +158,7 @@ def test_flips_reach_every_axis_and_keep_the_values():
     volume = torch.arange(4 ** 3, dtype=torch.float32).reshape(1, 1, 4, 4, 4)
     seen = set()
     for _ in range(40):
-        flipped, _ = train.crop_and_flip(volume, volume, crop_size=None, flip=True)
+        flipped, _ = augment.crop_and_flip(volume, volume, crop_size=None, flip=True)
         assert torch.equal(flipped.flatten().sort().values, volume.flatten())
         seen.add(tuple(flipped.flatten()[:2].tolist()))
     assert len(seen) > 8  # corners and neighbours move: flips and transpositions both happen
