@@ -79,9 +79,7 @@ def choose_encoder(encoder: str | None = None,
                           "(which encoder the file is for)")
     if _esm_if1_cached():
         return "esm-if1"
-    entry = weights.load_manifest().encoder(PROTEINMPNN_WEIGHTS)
-    if any(p.is_file() for p in (weights.cache_dir() / entry.file,
-                                 weights.shipped_weights_dir() / entry.file)):
+    if weights.local_copy(weights.load_manifest().encoder(PROTEINMPNN_WEIGHTS)) is not None:
         return "proteinmpnn"
     return "esm-if1"
 

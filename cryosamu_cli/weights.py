@@ -174,10 +174,7 @@ def resolve_weights(weights: str | os.PathLike | None = None, *, name: str | Non
         DownloadError: The download failed.
     """
     if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsError(f"weights file not found: {path}")
-        return path
+        return _existing_file(weights, "weights")
     return _local_or_downloaded((manifest or load_manifest()).get(name), progress, "--weights")
 
 
@@ -193,21 +190,39 @@ def resolve_encoder_weights(name: str, weights: str | os.PathLike | None = None,
         DownloadError: The download failed.
     """
     if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsError(f"encoder weights file not found: {path}")
-        return path
+        return _existing_file(weights, "encoder weights")
     return _local_or_downloaded((manifest or load_manifest()).encoder(name), progress,
                                 "--encoder-weights")
 
 
-def _local_or_downloaded(entry: WeightsEntry | EncoderWeightsEntry,
-                         progress: DownloadProgress | None, option: str) -> Path:
-    """The cached (or shipped) copy of ``entry`` with the right size, else a download
-    (``option``: the command-line option that takes a local file instead)."""
+def _existing_file(path: str | os.PathLike, what: str) -> Path:
+    """An explicitly given weights file, which must exist.
+
+    Raises:
+        WeightsError: It does not.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{what} file not found: {path}")
+    return path
+
+
+def local_copy(entry: WeightsEntry | EncoderWeightsEntry) -> Path | None:
+    """The cached (or shipped) copy of ``entry`` with the manifest's size, None if there is
+    none."""
     for candidate in (cache_dir() / entry.file, shipped_weights_dir() / entry.file):
         if _has_expected_size(candidate, entry):
             return candidate
+    return None
+
+
+def _local_or_downloaded(entry: WeightsEntry | EncoderWeightsEntry,
+                         progress: DownloadProgress | None, option: str) -> Path:
+    """The local copy of ``entry``, else a download (``option``: the command-line option
+    that takes a local file instead)."""
+    local = local_copy(entry)
+    if local is not None:
+        return local
     if is_offline():
         raise WeightsError(
             f"weights '{entry.name}' are not in the cache and {OFFLINE_ENV} is set; run "

@@ -27,9 +27,9 @@ def list_cmd() -> None:
                       f"{entry.size / 1e6:.1f}", str(local[0]) if local else "not downloaded",
                       entry.description)
     for encoder in manifest.encoders.values():
-        local = weights_lib.cache_dir() / encoder.file
+        local = weights_lib.local_copy(encoder)
         table.add_row(encoder.name, "", f"{encoder.size / 1e6:.1f}",
-                      str(local) if local.is_file() else "not downloaded",
+                      str(local) if local else "not downloaded",
                       f"{encoder.description} ({encoder.licence})")
     console.print(table if manifest.entries else "No pretrained models are listed in this version.")
 
