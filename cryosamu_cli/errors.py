@@ -35,3 +35,7 @@ class ConfigError(CryosamuError):
 
 class ResourceError(CryosamuError):
     """The machine lacks what a run needs (memory)."""
+
+
+class NumericalError(CryosamuError):
+    """The network produced NaN or Inf (an overflow at reduced precision, or broken weights)."""

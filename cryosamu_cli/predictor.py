@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from cryosamu_cli import tiling
-from cryosamu_cli.device import (keep_freed_memory_for_reuse, precision_name, resolve_device,
-                                  resolve_precision)
+from cryosamu_cli.device import (check_finite, keep_freed_memory_for_reuse, precision_name,
+                                  resolve_device, resolve_precision, use_precision)
 from cryosamu_cli.errors import ConfigError, DeviceError
 from cryosamu_cli.tiling import CORE_SIZE, CUBE_SIZE, DEFAULT_SKIP_THRESHOLD
 from cryosamu_cli.weights import DownloadProgress, load_model, resolve_weights
@@ -93,6 +93,7 @@ def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "au
         tiling.check_batch_size(batch_size)
     torch_device = resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
+    use_precision(dtype, torch_device)
     _set_threads(threads)
     if torch_device.type == "cpu":
         keep_freed_memory_for_reuse()
@@ -151,6 +152,7 @@ class NetworkPredictor:
     ``(B, n, n, n)``, or ``(B, 2, n, n, n)`` (mean, standard deviation) over ``passes``
     Monte-Carlo dropout passes.
 
+    Output that is not finite stops the run (:func:`cryosamu_cli.device.check_finite`).
     On CUDA the cubes are copied from pinned host memory without blocking the host. When the
     device runs out of memory the batch is halved and retried, and the smaller size is kept
     for the rest of the run (``max_batch``); only a single cube that does not fit is an error.
@@ -199,7 +201,9 @@ class NetworkPredictor:
     def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.precision or torch.float32,
                             enabled=self.precision is not None):
-            return self.model(inputs).float()
+            output = self.model(inputs).float()
+        check_finite(output, self.precision)
+        return output
 
     @torch.inference_mode()
     def _predict(self, batch: np.ndarray) -> np.ndarray:

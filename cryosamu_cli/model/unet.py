@@ -101,10 +101,19 @@ class LinearAttention3D(nn.Module):
         qkv = self.to_qkv(self.norm(x)).permute(0, 2, 3, 4, 1)  # a view when channels-last
         q, k, v = qkv.reshape(b, d * h * w, 3 * hidden).split(hidden, dim=-1)
         q = q.unflatten(-1, (self.heads, self.head_dim)).softmax(dim=-1).flatten(2)
-        k_exp = (k - k.amax(dim=1, keepdim=True)).exp()
-        context = torch.bmm(k_exp.transpose(1, 2), v) / k_exp.sum(dim=1).unsqueeze(-1)
-        out = torch.bmm(q, context * (self._same_head_mask(x) * self.scale))
+        context = self._context(k, v) * (self._same_head_mask(x) * self.scale)
+        out = torch.bmm(q, context.to(q.dtype))
         return x + self.to_out(out.reshape(b, d, h, w, hidden).permute(0, 4, 1, 2, 3))
+
+    @staticmethod
+    def _context(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``softmax_voxels(k)ᵀ · v``, ``(B, hidden, hidden)``, always in fp32: the sum of
+        exp(keys) runs over every voxel (262,144 in a 64³ cube), which overflows fp16
+        (max 65,504) and loses the small terms in bf16, so autocast is off here."""
+        with torch.autocast(k.device.type, enabled=False):
+            k, v = k.float(), v.float()
+            k_exp = (k - k.amax(dim=1, keepdim=True)).exp()
+            return torch.bmm(k_exp.transpose(1, 2), v) / k_exp.sum(dim=1).unsqueeze(-1)
 
     def _same_head_mask(self, like: torch.Tensor) -> torch.Tensor:
         """``hidden × hidden`` block-diagonal ones: channel pairs within one head."""
