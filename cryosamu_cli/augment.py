@@ -1,45 +1,148 @@
 """Training-time augmentation (§3.4): the same random crop and flips of input and target
-cubes, and TorchIO noise, anisotropy and blur of the input only."""
+cubes, and noise, anisotropy and blur of the input only.
+
+Two implementations of the input augmentation draw from the same distributions: TorchIO's,
+one cube at a time (the CPU path), and :class:`BatchAugmenter`, whole batches as tensor
+operations on the batch's device (the CUDA path, where a per-cube CPU round trip would starve
+the GPU). Both are callables from a batch ``(B, 1, n, n, n)`` to an augmented batch.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
+
+# The augmentation's distributions (TorchIO's parameters; the blur reaches σ = 1.5 Å so that
+# the 3.2–3.8 Å real pairs are also seen degraded to the 4–8 Å range the model is for).
+NOISE_STD = (0.0, 0.05)
+NOISE_P = 0.5
+ANISOTROPY_DOWNSAMPLING = (1.5, 3.0)
+ANISOTROPY_P = 0.3
+BLUR_STD_VOXELS = (0.0, 1.5)
+BLUR_P = 0.5
 
 
 def crop_and_flip(inputs: torch.Tensor, targets: torch.Tensor, crop_size: int | None,
                   flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random ``crop_size``³ window and (with ``flip``) the same random axis flips and
     transposition of input and target cubes ``(B, 1, n, n, n)``; densities have no handedness
-    to protect at the resolution of a cube's contents, so mirror images are valid examples."""
+    to protect at the resolution of a cube's contents, so mirror images are valid examples.
+    Works on the tensors' device."""
     if crop_size is not None and crop_size < inputs.shape[-1]:
         starts = torch.randint(0, inputs.shape[-1] - crop_size + 1, (3,)).tolist()
         window = (...,) + tuple(slice(s, s + crop_size) for s in starts)
         inputs, targets = inputs[window], targets[window]
     if flip:
-        axes = [2 + a for a in range(3) if torch.rand(()) < 0.5]
-        order = (0, 1, *(2 + p for p in torch.randperm(3).tolist()))
-        inputs, targets = (t.flip(axes).permute(order) if axes else t.permute(order)
-                           for t in (inputs, targets))
+        axes = tuple(a for a in range(3) if torch.rand(()) < 0.5)
+        order = tuple(torch.randperm(3).tolist())
+        inputs, targets = (flipped_and_transposed(t, axes, order) for t in (inputs, targets))
     return inputs.contiguous(), targets.contiguous()
 
 
-def input_augmenter(augment: bool = True):
-    """TorchIO noise, anisotropy and blur for the input cubes (None without ``augment``).
-    The blur reaches σ = 1.5 Å so that the 3.2–3.8 Å real pairs are also seen degraded to
-    the 4–8 Å range the model is for."""
+def flipped_and_transposed(cubes: torch.Tensor, axes: tuple[int, ...],
+                           order: tuple[int, int, int]) -> torch.Tensor:
+    """``cubes (B, C, z, y, x)`` mirrored along the spatial ``axes`` (0 = z) and then with their
+    spatial axes in ``order`` (a permutation of 0, 1, 2)."""
+    flipped = cubes.flip([2 + a for a in axes]) if axes else cubes
+    return flipped.permute(0, 1, *(2 + a for a in order))
+
+
+def input_augmenter(augment: bool = True, device: torch.device | None = None):
+    """The input augmentation for training on ``device`` (None without ``augment``): TorchIO
+    on a CPU, :class:`BatchAugmenter` on CUDA."""
     if not augment:
         return None
-    import torchio as tio
-
-    return tio.Compose([tio.RandomNoise(std=(0.0, 0.05), p=0.5),
-                        tio.RandomAnisotropy(downsampling=(1.5, 3.0), p=0.3),
-                        tio.RandomBlur(std=(0.0, 1.5), p=0.5)])
+    if device is not None and device.type == "cuda":
+        return BatchAugmenter()
+    return TorchioAugmenter()
 
 
-def augment_inputs(inputs: torch.Tensor, augmenter) -> torch.Tensor:
-    """Apply the augmentation to each input cube of a batch (targets stay untouched)."""
-    if augmenter is None:
-        return inputs
-    import torchio as tio
+class TorchioAugmenter:
+    """TorchIO noise, anisotropy and blur, one cube of the batch at a time (on the CPU)."""
 
-    return torch.stack([augmenter(tio.ScalarImage(tensor=cube)).data for cube in inputs])
+    def __init__(self) -> None:
+        import torchio as tio
+
+        self._tio = tio
+        self.transform = tio.Compose([
+            tio.RandomNoise(std=NOISE_STD, p=NOISE_P),
+            tio.RandomAnisotropy(downsampling=ANISOTROPY_DOWNSAMPLING, p=ANISOTROPY_P),
+            tio.RandomBlur(std=BLUR_STD_VOXELS, p=BLUR_P)])
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        cubes = [self.transform(self._tio.ScalarImage(tensor=cube)).data for cube in inputs.cpu()]
+        return torch.stack(cubes).to(inputs.device)
+
+
+class BatchAugmenter:
+    """TorchIO's noise → anisotropy → blur, drawn per cube as TorchIO draws them, applied to
+    the whole batch with tensor operations on its device. The parameters are drawn from torch's
+    global generator on the CPU (seeded by ``train``)."""
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        count = inputs.shape[0]
+        noisy = _chosen(count, NOISE_P)
+        stds = torch.where(noisy, _uniform(count, NOISE_STD), torch.zeros(count))
+        out = add_noise(inputs, stds) if bool(noisy.any()) else inputs
+        for index in torch.nonzero(_chosen(count, ANISOTROPY_P)).flatten().tolist():
+            axis = int(torch.randint(0, 3, ()))
+            factor = float(_uniform(1, ANISOTROPY_DOWNSAMPLING))
+            out = torch.cat([out[:index], anisotropic(out[index:index + 1], axis, factor),
+                             out[index + 1:]])
+        blurred = _chosen(count, BLUR_P)
+        if bool(blurred.any()):
+            sigmas = _uniform(count * 3, BLUR_STD_VOXELS).reshape(count, 3) * blurred[:, None]
+            out = gaussian_blur(out, sigmas)
+        return out
+
+
+def _chosen(count: int, probability: float) -> torch.Tensor:
+    """Which of ``count`` cubes a transform with this ``probability`` applies to."""
+    return torch.rand(count) < probability
+
+
+def _uniform(count: int, bounds: tuple[float, float]) -> torch.Tensor:
+    low, high = bounds
+    return low + (high - low) * torch.rand(count)
+
+
+def add_noise(cubes: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
+    """Gaussian noise of standard deviation ``stds[i]`` added to cube ``i``."""
+    scale = stds.to(cubes.device, cubes.dtype).reshape(-1, *(1,) * (cubes.dim() - 1))
+    return cubes + torch.randn(cubes.shape, device=cubes.device, dtype=cubes.dtype) * scale
+
+
+def anisotropic(cubes: torch.Tensor, axis: int, factor: float) -> torch.Tensor:
+    """Cubes ``(B, C, z, y, x)`` as if sampled ``factor`` times more coarsely along the spatial
+    ``axis`` (nearest-neighbour), then brought back to their size by linear interpolation:
+    TorchIO's RandomAnisotropy."""
+    size = list(cubes.shape[2:])
+    coarse = list(size)
+    coarse[axis] = max(1, int(round(size[axis] / factor)))
+    low = F.interpolate(cubes, size=coarse, mode="nearest")
+    return F.interpolate(low, size=size, mode="trilinear", align_corners=False)
+
+
+def gaussian_blur(cubes: torch.Tensor, sigmas_zyx: torch.Tensor) -> torch.Tensor:
+    """Each cube ``i`` of ``(B, C, z, y, x)`` blurred by a Gaussian of standard deviations
+    ``sigmas_zyx[i]`` (voxels), by multiplying its Fourier transform by the Gaussian's transfer
+    function ``exp(-2π² σ² f²)`` per axis (periodic boundaries; σ = 0 leaves an axis as is)."""
+    spectrum = torch.fft.rfftn(cubes.float(), dim=(-3, -2, -1))
+    transfer = gaussian_transfer(sigmas_zyx.to(cubes.device), cubes.shape[-3:])
+    blurred = torch.fft.irfftn(spectrum * transfer[:, None], s=cubes.shape[-3:],
+                               dim=(-3, -2, -1))
+    return blurred.to(cubes.dtype)
+
+
+def gaussian_transfer(sigmas_zyx: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """``(B, z, y, x//2+1)``: the transfer function of Gaussians of ``sigmas_zyx (B, 3)`` on
+    the half spectrum of ``shape``."""
+    sigmas = sigmas_zyx.float()
+    frequencies = [torch.fft.fftfreq(shape[0], device=sigmas.device),
+                   torch.fft.fftfreq(shape[1], device=sigmas.device),
+                   torch.fft.rfftfreq(shape[2], device=sigmas.device)]
+    factors = [torch.exp(-2 * math.pi ** 2 * sigmas[:, a, None] ** 2 * f ** 2)
+               for a, f in enumerate(frequencies)]
+    return factors[0][:, :, None, None] * factors[1][:, None, :, None] * factors[2][:, None, None, :]

@@ -91,14 +91,28 @@ class CubePairDataset:
         tensors = (torch.from_numpy(pair[0:1].copy()), torch.from_numpy(pair[1:2].copy()))
         if not self.with_struct:
             return tensors
-        return (*tensors, self._embedding(shard))
+        return (*tensors, self.embedding(shard))
 
-    def _embedding(self, shard: int):
+    @property
+    def pair_count(self) -> int:
+        """How many pairs the split's cubes come from."""
+        return len(self._shards)
+
+    def pair_cubes(self, pair: int) -> np.ndarray:
+        """Pair ``pair``'s cubes, ``(n, 2, c, c, c)`` float16 (memory-mapped)."""
+        return self._shards[pair]
+
+    def pair_of_items(self) -> list[int]:
+        """For each item, the index of the pair it comes from (in :meth:`pair_cubes` order)."""
+        return [pair for pair, _ in self._index]
+
+    def embedding(self, pair: int):
+        """Pair ``pair``'s ``L × struct_dim`` float32 embedding tensor (zeros without one)."""
         import torch
 
         from cryosamu_cli.embed import EMBEDDING_LENGTH
 
-        relative = self._embeddings[shard]
+        relative = self._embeddings[pair]
         if relative is None:
             return torch.zeros(EMBEDDING_LENGTH, self.struct_dim or 0)
         return torch.from_numpy(np.load(self.data_dir / relative).astype(np.float32))

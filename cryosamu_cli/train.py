@@ -6,20 +6,20 @@ structure embeddings as cross-attention keys/values in training and none in vali
 inference). One process, or many launched by ``torchrun`` (gloo on CPU, NCCL on GPU): the
 distributed environment is read from torchrun's variables; rank 0 logs and checkpoints.
 
-A run folder holds ``last.pt`` (model, optimiser, scheduler, counters: for ``--resume``),
-``best.pt`` (format-1 checkpoint of the best validation loss, loadable by ``enhance``), each
-beside a ``.json`` with the configuration, version, time and command line, and
-``metrics.jsonl`` (one line per epoch).
+A run is bounded by epochs, or by wall-clock time (``time_budget_minutes``: the cosine spans
+the budget, with a validation and checkpoint every few minutes and at the end;
+:mod:`cryosamu_cli.time_budget`). On CUDA the training cubes stay on the GPU when they fit
+(:mod:`cryosamu_cli.train_batches`), the augmentation runs there in batch
+(:class:`cryosamu_cli.augment.BatchAugmenter`), the network is channels-last with cuDNN's
+autotuner on, and ``compile`` hands it to ``torch.compile``. The run folder:
+:mod:`cryosamu_cli.run_folder`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,15 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from cryosamu_cli import __version__
 from cryosamu_cli.atomic import write_text_atomic
-from cryosamu_cli.augment import augment_inputs, crop_and_flip, input_augmenter
+from cryosamu_cli.augment import crop_and_flip, input_augmenter
 from cryosamu_cli.dataset import CubePairDataset
-from cryosamu_cli.device import resolve_precision
-from cryosamu_cli.errors import ConfigError
+from cryosamu_cli.distributed import gather, setup_distributed, teardown, weights_checksum
+from cryosamu_cli.device import precision_name, resolve_precision, use_precision
+from cryosamu_cli.errors import ConfigError, NumericalError
 from cryosamu_cli.model.config import UNetConfig, preset_config
 from cryosamu_cli.model.unet import UNet3D
-from cryosamu_cli.weights import save_checkpoint
+from cryosamu_cli.run_folder import Progress, log_and_save, restore
+from cryosamu_cli.time_budget import DEFAULT_CHECKPOINT_MINUTES, TimeBudget
+from cryosamu_cli.train_batches import training_batches
 
 
 @dataclass(frozen=True)
@@ -60,20 +62,14 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     init_weights: str | None = None
     validate_on: str | None = None
+    time_budget_minutes: float | None = None
+    checkpoint_minutes: float = DEFAULT_CHECKPOINT_MINUTES
+    compile: bool = False
+    export_half: bool = False
 
     def model_config(self) -> UNetConfig:
         """The network this run trains: the preset, with ``base_channels`` if given."""
         return preset_config(self.preset, self.base_channels)
-
-
-@dataclass
-class Progress:
-    """Counters that ``--resume`` restores."""
-
-    epoch: int = 0
-    step: int = 0
-    best_val_loss: float = math.inf
-    best_real_cc: float = -math.inf
 
 
 def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
@@ -86,7 +82,8 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
         ConfigError: No training cubes, or nothing to resume from.
     """
     run_dir = Path(run_dir)
-    rank, world, device = _setup_distributed()
+    _check_budget(config)
+    rank, world, device = setup_distributed()
     try:
         torch.manual_seed(config.seed)
         train_set = CubePairDataset(data_dir, "train", with_struct=not config.no_struct)
@@ -98,29 +95,52 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
         model = UNet3D.from_config(model_config)
         if config.init_weights:
             _load_initial_weights(model, config.init_weights)
-        model = model.to(device)
+        model = _on_device(model, device)
         real_maps = _real_validation_maps(config, rank)
         ddp_model = _wrap(model, world, device, config)
-        loader = _loader(train_set, config, rank, world)
-        steps = config.epochs * _steps_per_epoch(loader, config)
+        batches = training_batches(train_set, batch_size=config.batch_size, seed=config.seed,
+                                   rank=rank, world=world, device=device)
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                       weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1))
+        budget = (TimeBudget(config.time_budget_minutes, config.checkpoint_minutes, world,
+                             device) if config.time_budget_minutes else None)
+        scheduler = _schedule(optimiser, budget, config.epochs * _steps_per_epoch(batches, config))
         precision = resolve_precision(config.precision, device)
+        use_precision(precision, device)
         progress = Progress()
         if rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            progress = _restore(run_dir / "last.pt", model, optimiser, scheduler, device)
-        summary = _epochs(ddp_model, model, loader, (val_set, real_maps), optimiser, scheduler,
-                          progress, config, precision, device, rank, run_dir, on_epoch)
-        summary["final_weight_checksums"] = _gather(_checksum(model), world)
+            progress = restore(run_dir / "last.pt", model, optimiser,
+                               None if budget else scheduler, device)
+        run = _Run(ddp_model, model, optimiser, scheduler, config, precision, device, rank,
+                   run_dir, (val_set, real_maps), on_epoch)
+        summary = run.loop(batches, progress, budget)
+        summary["final_weight_checksums"] = gather(weights_checksum(model), world)
         summary["rank"] = rank
         if rank == 0:
             write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
         return summary
     finally:
-        _teardown(world)
+        teardown(world)
+
+
+def _check_budget(config: TrainConfig) -> None:
+    """A time budget and the checkpoint interval must be positive."""
+    if config.time_budget_minutes is not None and not config.time_budget_minutes > 0:
+        raise ConfigError(f"--time-budget must be a positive number of minutes, got "
+                          f"{config.time_budget_minutes}")
+    if not config.checkpoint_minutes > 0:
+        raise ConfigError(f"--checkpoint-minutes must be positive, got {config.checkpoint_minutes}")
+
+
+def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """The network on ``device``; on CUDA channels-last, with cuDNN choosing its fastest
+    convolution algorithms for the training's fixed shapes."""
+    if device.type != "cuda":
+        return model.to(device)
+    torch.backends.cudnn.benchmark = True
+    return model.to(device, memory_format=torch.channels_last_3d)
 
 
 def _struct_width(model_config: UNetConfig | None, train_set: CubePairDataset,
@@ -180,49 +200,28 @@ def _real_validation_maps(config: TrainConfig, rank: int) -> list:
     return validation_maps_from_csv(config.validate_on)
 
 
-def _setup_distributed() -> tuple[int, int, torch.device]:
-    """Rank, world size and device from torchrun's environment (one process without it)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
-    return rank, world, device
-
-
-def _teardown(world: int) -> None:
-    if world > 1 and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 def _wrap(model: nn.Module, world: int, device: torch.device, config: TrainConfig) -> nn.Module:
-    """DDP around the model when several processes run; without embeddings the
-    cross-attention takes no part in the loss (nor on the steps ``struct_dropout`` leaves
-    without them), so DDP must allow unused parameters."""
-    if world == 1:
-        return model
-    return nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=config.no_struct or config.struct_dropout > 0)
+    """What the training steps call: DDP around the model when several processes run
+    (without embeddings the cross-attention takes no part in the loss, nor on the steps
+    ``struct_dropout`` leaves without them, so DDP must allow unused parameters), compiled
+    with ``config.compile``."""
+    wrapped = model
+    if world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.no_struct or config.struct_dropout > 0)
+    return torch.compile(wrapped) if config.compile else wrapped
 
 
-def _loader(dataset: CubePairDataset, config: TrainConfig, rank: int, world: int):
-    """Shuffled batches; each rank sees its own shard of the data (DistributedSampler)."""
-    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-
-    generator = torch.Generator().manual_seed(config.seed)
-    sampler = (DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                  seed=config.seed) if world > 1
-               else RandomSampler(dataset, generator=generator))
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=False)
+def _schedule(optimiser, budget: TimeBudget | None, steps: int):
+    """Cosine annealing over the run's ``steps``, or over the time ``budget``."""
+    if budget is not None:
+        return budget.scheduler(optimiser)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1))
 
 
-def _steps_per_epoch(loader, config: TrainConfig) -> int:
-    steps = len(loader)
+def _steps_per_epoch(batches, config: TrainConfig) -> int:
+    steps = len(batches)
     return min(steps, config.max_steps_per_epoch) if config.max_steps_per_epoch else steps
 
 
@@ -238,16 +237,21 @@ def _check_crop(crop_size: int | None, model_config: UNetConfig, cube_size: int)
 
 def train_step(model: nn.Module, batch, optimiser, scheduler, config: TrainConfig,
                precision: torch.dtype | None, device: torch.device, augmenter=None,
-               scaler: torch.amp.GradScaler | None = None) -> float:
-    """One optimisation step on a batch ``(input, target[, embedding])``; returns the loss.
-    ``scaler`` (fp16) scales the loss against underflow."""
+               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """One optimisation step on a batch ``(input, target[, embedding])``; returns the loss
+    (a detached 0-d tensor on the device: reading it waits for the GPU). ``augmenter``
+    (:func:`cryosamu_cli.augment.input_augmenter`) changes the inputs; ``scaler`` (fp16)
+    scales the loss against underflow."""
     model.train()
-    inputs, targets = crop_and_flip(batch[0], batch[1], config.crop_size, config.augment)
-    targets = targets.to(device)
+    inputs, targets = (t.to(device, non_blocking=True) for t in batch[:2])
+    inputs, targets = crop_and_flip(inputs, targets, config.crop_size, config.augment)
     struct = batch[2].to(device) if len(batch) > 2 and not config.no_struct else None
     if struct is not None and config.struct_dropout > 0 and torch.rand(()) < config.struct_dropout:
         struct = None  # this step trains the path inference takes
-    inputs = augment_inputs(inputs, augmenter).to(device)
+    if augmenter is not None:
+        inputs = augmenter(inputs)
+    if device.type == "cuda":
+        inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
     with torch.autocast(device.type, dtype=precision or torch.float32,
                         enabled=precision is not None):
         loss = nn.functional.smooth_l1_loss(model(inputs, struct).float(), targets)
@@ -259,44 +263,100 @@ def train_step(model: nn.Module, batch, optimiser, scheduler, config: TrainConfi
     scaler.step(optimiser)
     scaler.update()
     scheduler.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
-def _epochs(ddp_model, model, loader, validation, optimiser, scheduler, progress: Progress,
-            config: TrainConfig, precision, device, rank: int, run_dir: Path, on_epoch) -> dict:
-    """The epoch loop: train, validate (cubes; and real maps when given), log and checkpoint
-    (rank 0)."""
-    val_set, real_maps = validation
-    augmenter = input_augmenter(config.augment)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
-    history = []
-    while progress.epoch < config.epochs:
-        started = time.perf_counter()
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(progress.epoch)
-        losses = []
-        for batch in loader:
-            if config.max_steps_per_epoch and len(losses) >= config.max_steps_per_epoch:
+@dataclass
+class _Run:
+    """The training loop of one process and what it works with."""
+
+    ddp_model: nn.Module
+    model: nn.Module
+    optimiser: torch.optim.Optimizer
+    scheduler: object
+    config: TrainConfig
+    precision: torch.dtype | None
+    device: torch.device
+    rank: int
+    run_dir: Path
+    validation: tuple
+    on_epoch: Callable[[dict], None] | None
+
+    def loop(self, batches, progress: Progress, budget: TimeBudget | None) -> dict:
+        """Epochs of steps until ``config.epochs`` epochs (or the ``budget``) are done, with a
+        validation and checkpoint after each epoch (with a budget: every
+        ``checkpoint_minutes`` and at the end). An epoch cut short by the budget is not
+        counted; one capped by ``max_steps_per_epoch`` is."""
+        self.augmenter = input_augmenter(self.config.augment, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.precision == torch.float16)
+        self.history, self.losses = [], []
+        self.seconds_before, self.started = progress.seconds, time.perf_counter()
+        self.window_started = self.started
+        if budget is not None:
+            budget.start()
+        while not budget.spent if budget is not None else progress.epoch < self.config.epochs:
+            batches.set_epoch(progress.epoch)
+            if self._epoch(batches, progress, budget):
+                progress.epoch += 1
+            if budget is None:
+                self._validate_and_save(progress)
+        if budget is not None:
+            self._validate_and_save(progress)
+        return {"epochs": progress.epoch, "steps": progress.step,
+                "best_val_loss": progress.best_val_loss, "seconds": progress.seconds,
+                "history": self.history}
+
+    def _epoch(self, batches, progress: Progress, budget: TimeBudget | None) -> bool:
+        """The steps of one epoch; False when the budget ran out before its end."""
+        cap = self.config.max_steps_per_epoch
+        for index, batch in enumerate(batches):
+            if cap and index >= cap:
                 break
-            losses.append(train_step(ddp_model, batch, optimiser, scheduler, config, precision,
-                                     device, augmenter, scaler))
+            if budget is not None and budget.tick() >= budget.seconds:
+                return False
+            self.losses.append(train_step(self.ddp_model, batch, self.optimiser,
+                                          self.scheduler, self.config, self.precision,
+                                          self.device, self.augmenter, self.scaler))
             progress.step += 1
-        progress.epoch += 1
+            if budget is not None and budget.checkpoint_due():
+                self._validate_and_save(progress)
+        return True
+
+    def _validate_and_save(self, progress: Progress) -> None:
+        """Validate (cubes; and real maps when given), log and checkpoint (rank 0).
+
+        Raises:
+            NumericalError: A training loss since the last validation was NaN or Inf (then
+                nothing is saved: ``last.pt`` keeps the last finite state).
+        """
+        now = time.perf_counter()
+        progress.seconds = self.seconds_before + now - self.started
+        losses = torch.stack(self.losses).float().cpu() if self.losses else None
+        if losses is not None and not bool(torch.isfinite(losses).all()):
+            raise NumericalError(
+                f"a training loss was NaN or Inf by step {progress.step} at "
+                f"{precision_name(self.precision)} precision; last.pt holds the last finite "
+                "state: resume with --precision fp32 or a lower --learning-rate")
+        val_set, real_maps = self.validation
         record = {"epoch": progress.epoch, "step": progress.step,
-                  "train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
-                  "seconds": round(time.perf_counter() - started, 2),
-                  **validate(model, val_set, device, config.batch_size, precision)}
+                  "train_loss": float(losses.mean()) if losses is not None else None,
+                  "lr": self.scheduler.get_last_lr()[0],
+                  "seconds": round(now - self.window_started, 2),
+                  "minutes": round(progress.seconds / 60, 3),
+                  **validate(self.model, val_set, self.device, self.config.batch_size,
+                             self.precision)}
         if real_maps:
             from cryosamu_cli.validation import score_network
 
-            record.update(score_network(model, real_maps, device, precision))
-        if rank == 0:
-            _log_and_save(record, model, optimiser, scheduler, progress, config, run_dir)
-            if on_epoch is not None:
-                on_epoch(record)
-        history.append(record)
-    return {"epochs": progress.epoch, "steps": progress.step,
-            "best_val_loss": progress.best_val_loss, "history": history}
+            record.update(score_network(self.model, real_maps, self.device, self.precision))
+        if self.rank == 0:
+            log_and_save(record, self.model, self.optimiser, self.scheduler, progress,
+                         asdict(self.config), self.run_dir, self.config.export_half)
+            if self.on_epoch is not None:
+                self.on_epoch(record)
+        self.history.append(record)
+        self.losses, self.window_started = [], time.perf_counter()
 
 
 @torch.inference_mode()
@@ -321,64 +381,3 @@ def validate(model: nn.Module, val_set: CubePairDataset, device: torch.device,
     return {"val_loss": sum(losses) / len(val_set), "val_cc": float(np.nanmean(correlations))}
 
 
-def _log_and_save(record: dict, model, optimiser, scheduler, progress: Progress,
-                  config: TrainConfig, run_dir: Path) -> None:
-    """Append the metrics line, save ``last.pt`` and, when validation improved, ``best.pt``:
-    by the real maps' mean CC (``real_cc``) when they are scored, else by the cube loss."""
-    with open(run_dir / "metrics.jsonl", "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-    if "real_cc" in record:
-        improved = record["real_cc"] > progress.best_real_cc
-        progress.best_real_cc = max(progress.best_real_cc, record["real_cc"])
-    else:
-        improved = record["val_loss"] is None or record["val_loss"] < progress.best_val_loss
-    if record["val_loss"] is not None:
-        progress.best_val_loss = min(progress.best_val_loss, record["val_loss"])
-    if improved:
-        _save(run_dir / "best.pt", model, config, {
-            "epoch": progress.epoch, "val_loss": record["val_loss"],
-            "real_cc": record.get("real_cc")})
-    _save(run_dir / "last.pt", model, config, {
-        "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-        "progress": asdict(progress)})
-
-
-def _save(path: Path, model: nn.Module, config: TrainConfig, extra: dict) -> None:
-    """A format-1 checkpoint plus the run's configuration beside it (JSON)."""
-    save_checkpoint(path, model, {"train_config": asdict(config), **extra})
-    description = {"version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                   "command": " ".join(sys.argv), "model": model.config.to_dict(),
-                   "train": asdict(config)}
-    write_text_atomic(path.with_suffix(".json"), json.dumps(description, indent=1) + "\n")
-
-
-def _restore(path: Path, model, optimiser, scheduler, device) -> Progress:
-    """Load ``last.pt`` into the model, optimiser and scheduler; return its counters."""
-    if not path.is_file():
-        raise ConfigError(f"nothing to resume: {path} does not exist")
-    state = torch.load(path, map_location=device, weights_only=True)
-    try:
-        model.load_state_dict(state["state_dict"])
-    except RuntimeError as exc:
-        raise ConfigError(f"{path} holds a different network than this run's (other preset, "
-                          f"channels or structure embedding width)") from exc
-    optimiser.load_state_dict(state["optimiser"])
-    scheduler.load_state_dict(state["scheduler"])
-    return Progress(**state["progress"])
-
-
-def _checksum(model: nn.Module) -> str:
-    """SHA-256 of all parameters, to check that every rank holds the same weights."""
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _gather(value: str, world: int) -> list[str]:
-    """Every rank's ``value`` (one process: just this one)."""
-    if world == 1:
-        return [value]
-    values = [None] * world
-    torch.distributed.all_gather_object(values, value)
-    return values

@@ -289,13 +289,19 @@ def verify_entry(entry: WeightsEntry | EncoderWeightsEntry) -> dict[str, str]:
     return results
 
 
-def save_checkpoint(path: str | os.PathLike, model: Any, extra: dict[str, Any] | None = None) -> Path:
-    """Save ``model`` (a ``UNet3D``) as a format-1 checkpoint, atomically."""
+def save_checkpoint(path: str | os.PathLike, model: Any, extra: dict[str, Any] | None = None,
+                    half: bool = False) -> Path:
+    """Save ``model`` (a ``UNet3D``) as a format-1 checkpoint, atomically; with ``half`` its
+    floating-point tensors are stored as float16 (:func:`load_model` loads them into the
+    float32 network)."""
     import torch
 
     path = Path(path)
+    state = model.state_dict()
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {"format": CHECKPOINT_FORMAT, "config": model.config.to_dict(),
-               "state_dict": model.state_dict(), **(extra or {})}
+               "state_dict": state, **(extra or {})}
     with atomic_target(path) as tmp:
         torch.save(payload, tmp)
     return path

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cryosamu_cli.cli.common import console, epilog, user_errors
+from cryosamu_cli.time_budget import DEFAULT_CHECKPOINT_MINUTES
 
 app = typer.Typer()
 
@@ -17,6 +18,8 @@ torchrun --nproc-per-node 4 --nnodes 2 --rdzv-backend c10d --rdzv-endpoint host:
     $(which cryosamu) train training_data -o runs/ddp
 
 cryosamu train training_data -o runs/base32 --resume
+
+cryosamu train training_data -o runs/window --time-budget 6 --export-half
 
 cryosamu train training_data -o runs/light --preset light --crop-size 48 --precision bf16"""
 
@@ -55,6 +58,19 @@ def train_cmd(
         "6.5 Å, are enhanced each epoch and scored by CC_box/CC_mask; best.pt is chosen by "
         "their mean.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of weights, shuffling and augmentation.")] = 0,
+    time_budget: Annotated[Optional[float], typer.Option(
+        "--time-budget", help="Train for this many minutes instead of --epochs: the cosine "
+        "schedule spans them, with a validation and checkpoint every --checkpoint-minutes and "
+        "at the end; with --resume, a new schedule over the new budget.")] = None,
+    checkpoint_minutes: Annotated[float, typer.Option(
+        help="With --time-budget: minutes between validations and checkpoints.")
+    ] = DEFAULT_CHECKPOINT_MINUTES,
+    compile_model: Annotated[bool, typer.Option(
+        "--compile", help="Run the network through torch.compile (pays off on long GPU "
+        "runs; compiling takes a minute or more).")] = False,
+    export_half: Annotated[bool, typer.Option(
+        "--export-half", help="Also write best-half.pt: best.pt's network in float16, half "
+        "the size, loadable by enhance.")] = False,
 ) -> None:
     """Train the U-Net on a prepare-data folder (one process, or many under torchrun)."""
     from cryosamu_cli import train as train_lib
@@ -66,7 +82,10 @@ def train_cmd(
                                    precision=precision, augment=not no_augment,
                                    crop_size=crop_size, max_steps_per_epoch=max_steps,
                                    init_weights=str(init_weights) if init_weights else None,
-                                   validate_on=str(validate_on) if validate_on else None)
+                                   validate_on=str(validate_on) if validate_on else None,
+                                   time_budget_minutes=time_budget,
+                                   checkpoint_minutes=checkpoint_minutes,
+                                   compile=compile_model, export_half=export_half)
     with user_errors():
         summary = train_lib.train(data_dir=data_dir, run_dir=run_dir, config=config,
                                   resume=resume, on_epoch=_print_epoch)
@@ -77,10 +96,11 @@ def train_cmd(
 
 
 def _print_epoch(record: dict) -> None:
+    loss = "no step" if record["train_loss"] is None else f"train loss {record['train_loss']:.4g}"
     val = ("" if record["val_loss"] is None else
            f", val loss {record['val_loss']:.4g}, val CC {record['val_cc']:.3f}")
     if "real_cc" in record:
         val += (f", real maps CC_box {record['real_cc_box']:.3f} CC_mask "
                 f"{record['real_cc_mask']:.3f}")
-    console.print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4g}{val} "
-                  f"({record['seconds']:.0f} s)")
+    console.print(f"epoch {record['epoch']}, step {record['step']}, {record['minutes']:.1f} min: "
+                  f"{loss}{val} ({record['seconds']:.0f} s)")

@@ -1,0 +1,47 @@
+"""The processes of a ``torchrun`` run: rank, world size and device from torchrun's
+environment (one process without it), and a check that every rank ends with the same weights."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+from torch import nn
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """Rank, world size and device from torchrun's environment (one process without it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    return rank, world, device
+
+
+def teardown(world: int) -> None:
+    """Leave the process group (several processes only)."""
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def weights_checksum(model: nn.Module) -> str:
+    """SHA-256 of all parameters, to check that every rank holds the same weights."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def gather(value: str, world: int) -> list[str]:
+    """Every rank's ``value`` (one process: just this one)."""
+    if world == 1:
+        return [value]
+    values = [None] * world
+    torch.distributed.all_gather_object(values, value)
+    return values
