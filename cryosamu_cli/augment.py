@@ -9,8 +9,6 @@ the GPU). Both are callables from a batch ``(B, 1, n, n, n)`` to an augmented ba
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -116,33 +114,73 @@ def add_noise(cubes: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
 
 def anisotropic(cubes: torch.Tensor, axis: int, factor: float) -> torch.Tensor:
     """Cubes ``(B, C, z, y, x)`` as if sampled ``factor`` times more coarsely along the spatial
-    ``axis`` (nearest-neighbour), then brought back to their size by linear interpolation:
-    TorchIO's RandomAnisotropy."""
-    size = list(cubes.shape[2:])
-    coarse = list(size)
-    coarse[axis] = max(1, int(round(size[axis] / factor)))
-    low = F.interpolate(cubes, size=coarse, mode="nearest")
-    return F.interpolate(low, size=size, mode="trilinear", align_corners=False)
+    ``axis`` and brought back to their grid, as TorchIO's RandomAnisotropy does: ``n // factor``
+    coarse samples spaced ``factor`` voxels apart, centred on the cube, each the nearest voxel;
+    then linear interpolation back at every voxel (beyond the outermost coarse samples the
+    nearest one is kept, where TorchIO writes zeros)."""
+    n = cubes.shape[2 + axis]
+    count = max(1, int(n // factor))
+    positions = (n - 1) / 2 + (torch.arange(count, dtype=torch.float64) - (count - 1) / 2) * factor
+    nearest = (positions + 0.5).floor().clamp(0, n - 1).long().to(cubes.device)
+    coarse = cubes.index_select(2 + axis, nearest)
+    if count == 1:
+        return coarse.expand_as(cubes).contiguous()
+    u = ((torch.arange(n, dtype=torch.float64) - positions[0]) / factor).clamp(0, count - 1)
+    below = u.floor().long().clamp(max=count - 2)
+    shape = [1] * cubes.dim()
+    shape[2 + axis] = n
+    weight = (u - below).to(cubes.device, cubes.dtype).reshape(shape)
+    below = below.to(cubes.device)
+    return (coarse.index_select(2 + axis, below) * (1 - weight)
+            + coarse.index_select(2 + axis, below + 1) * weight)
 
 
 def gaussian_blur(cubes: torch.Tensor, sigmas_zyx: torch.Tensor) -> torch.Tensor:
     """Each cube ``i`` of ``(B, C, z, y, x)`` blurred by a Gaussian of standard deviations
-    ``sigmas_zyx[i]`` (voxels), by multiplying its Fourier transform by the Gaussian's transfer
-    function ``exp(-2π² σ² f²)`` per axis (periodic boundaries; σ = 0 leaves an axis as is)."""
-    spectrum = torch.fft.rfftn(cubes.float(), dim=(-3, -2, -1))
-    transfer = gaussian_transfer(sigmas_zyx.to(cubes.device), cubes.shape[-3:])
-    blurred = torch.fft.irfftn(spectrum * transfer[:, None], s=cubes.shape[-3:],
-                               dim=(-3, -2, -1))
-    return blurred.to(cubes.dtype)
+    ``sigmas_zyx[i]`` (voxels) as TorchIO blurs, that is as ``scipy.ndimage.gaussian_filter``
+    does by default: one sampled, normalised kernel per axis reaching ``GAUSSIAN_TRUNCATE``
+    σ, mirrored edges (σ = 0 leaves an axis as is). One grouped convolution per axis for the
+    whole batch."""
+    dtype = torch.promote_types(cubes.dtype, torch.float32)
+    out = cubes.to(dtype)
+    count, channels = cubes.shape[:2]
+    for axis in range(3):
+        kernels = gaussian_kernels(sigmas_zyx[:, axis].to(dtype)).to(cubes.device)
+        radius = (kernels.shape[1] - 1) // 2
+        if radius == 0:
+            continue
+        shape = [count * channels, 1, 1, 1, 1]
+        shape[2 + axis] = kernels.shape[1]
+        weight = kernels.repeat_interleave(channels, dim=0).reshape(shape)
+        padded = _mirrored(out, 2 + axis, radius).reshape(1, count * channels,
+                                                           *_mirrored_shape(out, axis, radius))
+        out = F.conv3d(padded, weight, groups=count * channels).reshape(out.shape)
+    return out.to(cubes.dtype)
 
 
-def gaussian_transfer(sigmas_zyx: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """``(B, z, y, x//2+1)``: the transfer function of Gaussians of ``sigmas_zyx (B, 3)`` on
-    the half spectrum of ``shape``."""
-    sigmas = sigmas_zyx.float()
-    frequencies = [torch.fft.fftfreq(shape[0], device=sigmas.device),
-                   torch.fft.fftfreq(shape[1], device=sigmas.device),
-                   torch.fft.rfftfreq(shape[2], device=sigmas.device)]
-    factors = [torch.exp(-2 * math.pi ** 2 * sigmas[:, a, None] ** 2 * f ** 2)
-               for a, f in enumerate(frequencies)]
-    return factors[0][:, :, None, None] * factors[1][:, None, :, None] * factors[2][:, None, None, :]
+GAUSSIAN_TRUNCATE = 4.0
+
+
+def gaussian_kernels(sigmas: torch.Tensor) -> torch.Tensor:
+    """``(M, 2R + 1)``: sampled Gaussians of ``sigmas (M,)`` normalised to sum 1, each zero
+    beyond its own radius ``int(GAUSSIAN_TRUNCATE σ + 0.5)`` (scipy's); R is the largest."""
+    radii = (GAUSSIAN_TRUNCATE * sigmas + 0.5).floor()
+    radius = int(radii.max()) if len(sigmas) else 0
+    offsets = torch.arange(-radius, radius + 1, dtype=sigmas.dtype)
+    safe = sigmas.clamp_min(1e-12)[:, None]
+    kernels = torch.exp(-0.5 * (offsets / safe) ** 2) * (offsets.abs() <= radii[:, None])
+    return kernels / kernels.sum(dim=1, keepdim=True)
+
+
+def _mirrored(volume: torch.Tensor, dim: int, radius: int) -> torch.Tensor:
+    """``volume`` extended by ``radius`` voxels at both ends of ``dim`` by mirroring about the
+    edge (``d c b a | a b c d | d c b a``: scipy's ``reflect``)."""
+    head = volume.narrow(dim, 0, radius).flip(dim)
+    tail = volume.narrow(dim, volume.shape[dim] - radius, radius).flip(dim)
+    return torch.cat([head, volume, tail], dim=dim)
+
+
+def _mirrored_shape(volume: torch.Tensor, axis: int, radius: int) -> list[int]:
+    shape = list(volume.shape[2:])
+    shape[axis] += 2 * radius
+    return shape

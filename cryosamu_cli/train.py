@@ -301,8 +301,9 @@ class _Run:
                 progress.epoch += 1
             if budget is None:
                 self._validate_and_save(progress)
-        if budget is not None:
-            self._validate_and_save(progress)
+        if budget is not None and (self.losses or not self.history):
+            self._validate_and_save(progress)  # unless a checkpoint came after the last step
+        progress.seconds = self.seconds_before + time.perf_counter() - self.started
         return {"epochs": progress.epoch, "steps": progress.step,
                 "best_val_loss": progress.best_val_loss, "seconds": progress.seconds,
                 "history": self.history}
@@ -334,10 +335,7 @@ class _Run:
         progress.seconds = self.seconds_before + now - self.started
         losses = torch.stack(self.losses).float().cpu() if self.losses else None
         if losses is not None and not bool(torch.isfinite(losses).all()):
-            raise NumericalError(
-                f"a training loss was NaN or Inf by step {progress.step} at "
-                f"{precision_name(self.precision)} precision; last.pt holds the last finite "
-                "state: resume with --precision fp32 or a lower --learning-rate")
+            raise NumericalError(self._non_finite_message(progress))
         val_set, real_maps = self.validation
         record = {"epoch": progress.epoch, "step": progress.step,
                   "train_loss": float(losses.mean()) if losses is not None else None,
@@ -357,6 +355,15 @@ class _Run:
                 self.on_epoch(record)
         self.history.append(record)
         self.losses, self.window_started = [], time.perf_counter()
+
+    def _non_finite_message(self, progress: Progress) -> str:
+        """What to say when a loss was NaN or Inf: where the last finite state is, what to try."""
+        saved = ("last.pt holds the last finite state" if (self.run_dir / "last.pt").is_file()
+                 else "no checkpoint was written")
+        remedy = ("a lower --learning-rate" if self.precision is None
+                  else "--precision fp32 or a lower --learning-rate")
+        return (f"a training loss was NaN or Inf by step {progress.step} at "
+                f"{precision_name(self.precision)} precision; {saved}: train again with {remedy}")
 
 
 @torch.inference_mode()

@@ -1,0 +1,151 @@
+"""Training fit for a short GPU window, checked on the CPU: ``--time-budget`` (cosine over
+wall-clock time, checkpoints, resume with a new budget), ``--export-half``, the cubes held on
+the device, and a stop with one line when a loss is NaN."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cryosamu_cli import dataset, train
+from cryosamu_cli.cli.app import app
+from cryosamu_cli.examples import write_example_map
+from cryosamu_cli.model.unet import UNet3D
+from cryosamu_cli.time_budget import TimeBudget
+from cryosamu_cli.train_batches import DeviceCubes, LoaderBatches, training_batches
+from cryosamu_cli.weights import load_model
+from tests.test_train import _config, data_dir  # noqa: F401  (the fixture is shared)
+
+runner = CliRunner()
+
+
+def test_budget_cosine_checkpoints_and_end():
+    budget = TimeBudget(minutes=1.0, checkpoint_minutes=0.25)
+    seen = []
+    for seconds in (0.0, 10.0, 15.0, 20.0, 30.0, 46.0, 60.0):
+        budget.elapsed = seconds
+        seen.append((budget.learning_rate_factor(), budget.checkpoint_due(), budget.spent))
+    factors, due, spent = zip(*seen)
+    assert factors[0] == 1.0 and factors[4] == pytest.approx(0.5) and factors[-1] == 0.0
+    assert list(factors) == sorted(factors, reverse=True)
+    assert due == (False, False, True, False, True, True, True)  # every 15 s, once each
+    assert spent == (False,) * 6 + (True,)
+
+
+def _step_and_validation_seconds(data_dir, tiny_config) -> float:  # noqa: F811
+    """How long one training step and one validation of this data take here (after a
+    warm-up), to bound how far past its budget a run may go."""
+    torch.manual_seed(0)
+    model = UNet3D.from_config(tiny_config)
+    data = dataset.CubePairDataset(data_dir, "train")
+    batch = (torch.stack([data[0][0], data[1][0]]), torch.stack([data[0][1], data[1][1]]))
+    optimiser = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
+    config, cpu = _config(crop_size=32), torch.device("cpu")
+    train.train_step(model, batch, optimiser, scheduler, config, None, cpu)
+    started = time.perf_counter()
+    train.train_step(model, batch, optimiser, scheduler, config, None, cpu)
+    train.validate(model, dataset.CubePairDataset(data_dir, "val"), cpu, 2)
+    return time.perf_counter() - started
+
+
+def test_time_budget_stops_in_time_and_resume_continues_with_a_new_budget(
+        data_dir, tiny_config, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    budget_s = 10.0
+    config = _config(time_budget_minutes=budget_s / 60, checkpoint_minutes=4.0 / 60,
+                     learning_rate=1e-3, crop_size=32)
+    first = train.train(data_dir=data_dir, run_dir=run, config=config, model_config=tiny_config)
+    one_step_and_validation = _step_and_validation_seconds(data_dir, tiny_config)
+    # the budget is checked before each step; after it come one step and a validation (and at
+    # most one checkpoint's validation just before the end)
+    assert budget_s <= first["seconds"] <= budget_s + 2 * 2 * one_step_and_validation
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) >= 2 and records[-1]["step"] == first["steps"] > 1
+    lrs = [r["lr"] for r in records]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2 * 1e-3  # the cosine spanned it
+    assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
+    assert first["epochs"] >= 1  # 3 steps per epoch: several passes fit in the budget
+
+    saved_seconds = torch.load(run / "last.pt", weights_only=True)["progress"]["seconds"]
+    second = train.train(data_dir=data_dir, run_dir=run,
+                         config=_config(time_budget_minutes=5.0 / 60, learning_rate=1e-3,
+                                        crop_size=32),
+                         model_config=tiny_config, resume=True)
+    assert second["steps"] > first["steps"] and second["epochs"] >= first["epochs"]
+    assert second["seconds"] >= saved_seconds + 5.0  # the training time adds up
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert {int(s["step"]) for s in state["optimiser"]["state"].values()} == {second["steps"]}
+    resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert resumed[:len(records)] == records and len(resumed) > len(records)
+
+
+def test_half_export_is_half_the_size_and_enhances_like_best(data_dir, tiny_config,
+                                                             tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    train.train(data_dir=data_dir, run_dir=run, config=_config(export_half=True),
+                model_config=tiny_config)
+    full, half = load_model(run / "best.pt"), load_model(run / "best-half.pt")
+    assert (run / "best-half.pt").stat().st_size < 0.6 * (run / "best.pt").stat().st_size
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    for (name, a), (_, b) in zip(full.state_dict().items(), half.state_dict().items()):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6), name
+    cube = dataset.CubePairDataset(data_dir, "val")[0][0][None]
+    with torch.no_grad():
+        assert torch.allclose(full(cube), half(cube), atol=1e-2)
+
+
+def test_device_cubes_give_each_cube_once_per_epoch_across_ranks(data_dir):  # noqa: F811
+    data = dataset.CubePairDataset(data_dir, "train")
+    ranks = [DeviceCubes(data, batch_size=2, seed=0, rank=r, world=2,
+                         device=torch.device("cpu")) for r in range(2)]
+    items = [data[i] for i in range(len(data))]
+    for epoch in (0, 1):
+        seen = []
+        for held in ranks:
+            held.set_epoch(epoch)
+            for inputs, targets in held:
+                assert inputs.shape[1:] == (1, 64, 64, 64) and inputs.dtype == torch.float32
+                for x, y in zip(inputs, targets):
+                    match = [i for i, item in enumerate(items) if torch.equal(item[0], x)]
+                    assert len(match) == 1 and torch.equal(items[match[0]][1], y)
+                    seen.append(match[0])
+        assert sorted(seen) == list(range(len(data)))
+    assert len(ranks[0]) == 2 and DeviceCubes.bytes_needed(data) == 6 * 4 * 64 ** 3
+    batches = training_batches(data, batch_size=2, seed=0, rank=0, world=1,
+                               device=torch.device("cpu"))
+    assert isinstance(batches, LoaderBatches) and len(batches) == 3
+
+
+def test_a_nan_loss_stops_training_with_one_line_and_no_checkpoint(data_dir, tmp_path):  # noqa: F811
+    run = tmp_path / "nan"
+    result = runner.invoke(app, ["train", str(data_dir), "-o", str(run), "--epochs", "1",
+                                 "--base-channels", "8", "--no-struct", "--precision", "fp32",
+                                 "--no-augment", "--learning-rate", "1e30"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "NaN or Inf by step 3 at fp32" in errors[0]
+    assert "no checkpoint was written: train again with a lower --learning-rate" in errors[0]
+    assert "Traceback" not in result.output
+    assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
+
+
+def test_cli_time_budget_leaves_a_best_pt_that_enhance_loads(data_dir, tmp_path):  # noqa: F811
+    run = tmp_path / "window"
+    started = time.perf_counter()
+    result = runner.invoke(app, ["train", str(data_dir), "-o", str(run), "--time-budget", "0.1",
+                                 "--preset", "light", "--base-channels", "8", "--crop-size", "32",
+                                 "--no-struct", "--precision", "fp32", "--export-half"])
+    assert result.exit_code == 0, result.output
+    assert time.perf_counter() - started < 60
+    assert "min: train loss" in result.output
+    example = write_example_map(tmp_path / "example.mrc")
+    enhanced = tmp_path / "enhanced.mrc"
+    result = runner.invoke(app, ["enhance", str(example), "-o", str(enhanced), "--weights",
+                                 str(run / "best-half.pt")])
+    assert result.exit_code == 0, result.output
+    assert enhanced.is_file()
