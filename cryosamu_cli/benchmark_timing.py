@@ -81,13 +81,13 @@ def time_enhance(*, map_paths: Sequence[str | os.PathLike] = (), sizes: Sequence
                                      threads=threads, precision=precision)
     gflop = flops_per_cube(enhancer.model, enhancer.cube_size, enhancer.device) / 1e9
     with tempfile.TemporaryDirectory(prefix="cryosamu-bench-") as tmp:
-        inputs = list(map(Path, map_paths)) + [_write_synthetic(Path(tmp), e) for e in sizes]
+        inputs = list(map(Path, map_paths)) + [write_synthetic_map(Path(tmp), e) for e in sizes]
         return [_time_one(path, Path(tmp), enhancer, gflop, repeats, warmup, on_run)
                 for path in inputs]
 
 
-def _write_synthetic(folder: Path, edge: int) -> Path:
-    """Write a synthetic ``edge``³ map into ``folder``."""
+def write_synthetic_map(folder: Path, edge: int) -> Path:
+    """Write a synthetic ``edge``³ map (1 Å voxels) into ``folder``; returns its path."""
     data, grid_info = synthetic_map(edge)
     return mapio.write_map(folder / f"synthetic_{edge}.mrc", data, grid_info)
 

@@ -66,6 +66,7 @@ class TrainConfig:
     checkpoint_minutes: float = DEFAULT_CHECKPOINT_MINUTES
     compile: bool = False
     export_half: bool = False
+    val_cubes: int | None = None
 
     def model_config(self) -> UNetConfig:
         """The network this run trains: the preset, with ``base_channels`` if given."""
@@ -95,9 +96,9 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
         model = UNet3D.from_config(model_config)
         if config.init_weights:
             _load_initial_weights(model, config.init_weights)
-        model = _on_device(model, device)
+        model = network_on_device(model, device)
         real_maps = _real_validation_maps(config, rank)
-        ddp_model = _wrap(model, world, device, config)
+        ddp_model = training_network(model, world, device, config)
         batches = training_batches(train_set, batch_size=config.batch_size, seed=config.seed,
                                    rank=rank, world=world, device=device)
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
@@ -134,7 +135,7 @@ def _check_budget(config: TrainConfig) -> None:
         raise ConfigError(f"--checkpoint-minutes must be positive, got {config.checkpoint_minutes}")
 
 
-def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
+def network_on_device(model: nn.Module, device: torch.device) -> nn.Module:
     """The network on ``device``; on CUDA channels-last, with cuDNN choosing its fastest
     convolution algorithms for the training's fixed shapes."""
     if device.type != "cuda":
@@ -200,7 +201,8 @@ def _real_validation_maps(config: TrainConfig, rank: int) -> list:
     return validation_maps_from_csv(config.validate_on)
 
 
-def _wrap(model: nn.Module, world: int, device: torch.device, config: TrainConfig) -> nn.Module:
+def training_network(model: nn.Module, world: int, device: torch.device,
+                     config: TrainConfig) -> nn.Module:
     """What the training steps call: DDP around the model when several processes run
     (without embeddings the cross-attention takes no part in the loss, nor on the steps
     ``struct_dropout`` leaves without them, so DDP must allow unused parameters), compiled
@@ -343,7 +345,7 @@ class _Run:
                   "seconds": round(now - self.window_started, 2),
                   "minutes": round(progress.seconds / 60, 3),
                   **validate(self.model, val_set, self.device, self.config.batch_size,
-                             self.precision)}
+                             self.precision, self.config.val_cubes)}
         if real_maps:
             from cryosamu_cli.validation import score_network
 
@@ -368,15 +370,18 @@ class _Run:
 
 @torch.inference_mode()
 def validate(model: nn.Module, val_set: CubePairDataset, device: torch.device,
-             batch_size: int, precision: torch.dtype | None = None) -> dict:
+             batch_size: int, precision: torch.dtype | None = None,
+             max_cubes: int | None = None) -> dict:
     """Validation loss and mean map correlation, without embeddings (as at inference), in
-    the training's autocast ``precision``."""
+    the training's autocast ``precision``; on at most ``max_cubes`` cubes spread evenly over
+    the split (the same ones every time)."""
     if len(val_set) == 0:
         return {"val_loss": None, "val_cc": None}
     model.eval()
+    chosen = validation_cubes(len(val_set), max_cubes)
     losses, correlations = [], []
-    for start in range(0, len(val_set), batch_size):
-        items = [val_set[i] for i in range(start, min(start + batch_size, len(val_set)))]
+    for start in range(0, len(chosen), batch_size):
+        items = [val_set[i] for i in chosen[start:start + batch_size]]
         inputs = torch.stack([i[0] for i in items]).to(device)
         targets = torch.stack([i[1] for i in items]).to(device)
         with torch.autocast(device.type, dtype=precision or torch.float32,
@@ -385,6 +390,11 @@ def validate(model: nn.Module, val_set: CubePairDataset, device: torch.device,
         losses.append(float(nn.functional.smooth_l1_loss(outputs, targets)) * len(items))
         correlations += [float(torch.corrcoef(torch.stack([o.flatten(), t.flatten()]))[0, 1])
                          for o, t in zip(outputs, targets)]
-    return {"val_loss": sum(losses) / len(val_set), "val_cc": float(np.nanmean(correlations))}
+    return {"val_loss": sum(losses) / len(chosen), "val_cc": float(np.nanmean(correlations))}
 
 
+def validation_cubes(count: int, max_cubes: int | None) -> list[int]:
+    """Indices of at most ``max_cubes`` of ``count`` cubes, evenly spaced (all without a cap)."""
+    if max_cubes is None or max_cubes >= count:
+        return list(range(count))
+    return sorted(set(np.linspace(0, count - 1, max_cubes).round().astype(int).tolist()))

@@ -23,6 +23,11 @@ from tests.test_train import _config, data_dir  # noqa: F401  (the fixture is sh
 runner = CliRunner()
 
 
+def test_validation_takes_evenly_spread_cubes():
+    assert train.validation_cubes(10, 4) == [0, 3, 6, 9]
+    assert train.validation_cubes(3, None) == train.validation_cubes(3, 5) == [0, 1, 2]
+
+
 def test_budget_cosine_checkpoints_and_end():
     budget = TimeBudget(minutes=1.0, checkpoint_minutes=0.25)
     seen = []
@@ -139,7 +144,8 @@ def test_cli_time_budget_leaves_a_best_pt_that_enhance_loads(data_dir, tmp_path)
     started = time.perf_counter()
     result = runner.invoke(app, ["train", str(data_dir), "-o", str(run), "--time-budget", "0.1",
                                  "--preset", "light", "--base-channels", "8", "--crop-size", "32",
-                                 "--no-struct", "--precision", "fp32", "--export-half"])
+                                 "--no-struct", "--precision", "fp32", "--export-half",
+                                 "--val-cubes", "1"])
     assert result.exit_code == 0, result.output
     assert time.perf_counter() - started < 60
     assert "min: train loss" in result.output

@@ -65,6 +65,9 @@ def train_cmd(
     checkpoint_minutes: Annotated[float, typer.Option(
         help="With --time-budget: minutes between validations and checkpoints.")
     ] = DEFAULT_CHECKPOINT_MINUTES,
+    val_cubes: Annotated[Optional[int], typer.Option(
+        min=1, help="Validate on this many cubes of the validation split, evenly spread "
+        "(default: all); keeps validations short in a --time-budget run.")] = None,
     compile_model: Annotated[bool, typer.Option(
         "--compile", help="Run the network through torch.compile (pays off on long GPU "
         "runs; compiling takes a minute or more).")] = False,
@@ -85,7 +88,8 @@ def train_cmd(
                                    validate_on=str(validate_on) if validate_on else None,
                                    time_budget_minutes=time_budget,
                                    checkpoint_minutes=checkpoint_minutes,
-                                   compile=compile_model, export_half=export_half)
+                                   compile=compile_model, export_half=export_half,
+                                   val_cubes=val_cubes)
     with user_errors():
         summary = train_lib.train(data_dir=data_dir, run_dir=run_dir, config=config,
                                   resume=resume, on_epoch=_print_epoch)
