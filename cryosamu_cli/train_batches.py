@@ -97,9 +97,13 @@ class DeviceCubes:
         self.epoch = epoch
 
     def _my_indices(self) -> torch.Tensor:
-        """This rank's share of the epoch's permutation (every rank draws the same one)."""
+        """This rank's share of the epoch's permutation (every rank draws the same one),
+        padded with its first cubes to a multiple of the world size as ``DistributedSampler``
+        does, so every rank takes the same number of steps."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.pair_of_cube), generator=generator)
+        padding = -len(order) % self.world
+        order = torch.cat([order, order[:padding]])
         return order[self.rank::self.world]
 
     def __iter__(self):

@@ -121,6 +121,9 @@ def test_device_cubes_give_each_cube_once_per_epoch_across_ranks(data_dir):  # n
                     seen.append(match[0])
         assert sorted(seen) == list(range(len(data)))
     assert len(ranks[0]) == 2 and DeviceCubes.bytes_needed(data) == 6 * 4 * 64 ** 3
+    four = [DeviceCubes(data, batch_size=1, seed=0, rank=r, world=4, device=torch.device("cpu"))
+            for r in range(4)]
+    assert [len(held) for held in four] == [2, 2, 2, 2]  # 6 cubes padded to 8: equal steps
     batches = training_batches(data, batch_size=2, seed=0, rank=0, world=1,
                                device=torch.device("cpu"))
     assert isinstance(batches, LoaderBatches) and len(batches) == 3
