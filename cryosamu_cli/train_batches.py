@@ -76,7 +76,7 @@ class DeviceCubes:
         self.device = device
         self.with_struct = dataset.with_struct
         pairs = range(dataset.pair_count)
-        self.cubes = torch.cat([torch.from_numpy(np.asarray(dataset.pair_cubes(pair),
+        self.cubes = torch.cat([torch.from_numpy(np.array(dataset.pair_cubes(pair),
                                                             dtype=np.float16)).to(device)
                                 for pair in pairs])
         self.pair_of_cube = torch.tensor(dataset.pair_of_items(), device=device)

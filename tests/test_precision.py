@@ -94,11 +94,12 @@ def _broken_checkpoint(tmp_path, tiny_checkpoint, how: str):
     ("nan", "fp32", "NaN or Inf in fp32: its weights or the input map are broken")])
 def test_non_finite_output_stops_enhance_with_one_line_and_no_file(tmp_path, tiny_checkpoint,
                                                                     how, precision, message):
-    source = write_mrc(tmp_path / "in.mrc", smooth_volume((40, 40, 40), seed=3))
+    source = write_mrc(tmp_path / "in.mrc", smooth_volume((16, 16, 16), seed=3))
     weights = _broken_checkpoint(tmp_path, tiny_checkpoint, how)
     output = tmp_path / "out.mrc"
     result = runner.invoke(app, ["enhance", str(source), "-o", str(output), "--weights",
-                                 str(weights), "--precision", precision, "--device", "cpu"])
+                                 str(weights), "--precision", precision, "--device", "cpu",
+                                 "--cube-size", "32", "--core-size", "16"])
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output
@@ -107,11 +108,12 @@ def test_non_finite_output_stops_enhance_with_one_line_and_no_file(tmp_path, tin
 
 def test_the_overflowing_network_is_finite_in_fp32(tmp_path, tiny_checkpoint):
     """The fp16 case above is an overflow, not broken weights: fp32 enhances it."""
-    source = write_mrc(tmp_path / "in.mrc", smooth_volume((40, 40, 40), seed=3))
+    source = write_mrc(tmp_path / "in.mrc", smooth_volume((16, 16, 16), seed=3))
     weights = _broken_checkpoint(tmp_path, tiny_checkpoint, "overflow")
     output = tmp_path / "out.mrc"
     result = runner.invoke(app, ["enhance", str(source), "-o", str(output), "--weights",
-                                 str(weights), "--precision", "fp32", "--device", "cpu"])
+                                 str(weights), "--precision", "fp32", "--device", "cpu",
+                                 "--cube-size", "32", "--core-size", "16"])
     assert result.exit_code == 0, result.output
     import mrcfile
 

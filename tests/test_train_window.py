@@ -92,7 +92,7 @@ def test_time_budget_stops_in_time_and_resume_continues_with_a_new_budget(
 def test_half_export_is_half_the_size_and_enhances_like_best(data_dir, tiny_config,
                                                              tmp_path):  # noqa: F811
     run = tmp_path / "run"
-    train.train(data_dir=data_dir, run_dir=run, config=_config(export_half=True),
+    train.train(data_dir=data_dir, run_dir=run, config=_config(export_half=True, crop_size=32),
                 model_config=tiny_config)
     full, half = load_model(run / "best.pt"), load_model(run / "best-half.pt")
     assert (run / "best-half.pt").stat().st_size < 0.6 * (run / "best.pt").stat().st_size
@@ -133,10 +133,11 @@ def test_a_nan_loss_stops_training_with_one_line_and_no_checkpoint(data_dir, tmp
     run = tmp_path / "nan"
     result = runner.invoke(app, ["train", str(data_dir), "-o", str(run), "--epochs", "1",
                                  "--base-channels", "8", "--no-struct", "--precision", "fp32",
-                                 "--no-augment", "--learning-rate", "1e30"])
+                                 "--no-augment", "--learning-rate", "1e30", "--crop-size", "32",
+                                 "--max-steps", "2"])
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "NaN or Inf by step 3 at fp32" in errors[0]
+    assert len(errors) == 1 and "NaN or Inf by step 2 at fp32" in errors[0]
     assert "no checkpoint was written: train again with a lower --learning-rate" in errors[0]
     assert "Traceback" not in result.output
     assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
