@@ -159,3 +159,46 @@ def test_cli_time_budget_leaves_a_best_pt_that_enhance_loads(data_dir, tmp_path)
                                  str(run / "best-half.pt")])
     assert result.exit_code == 0, result.output
     assert enhanced.is_file()
+
+
+def test_the_gpu_training_path_runs_here_with_embeddings(data_dir, tiny_config, tmp_path,
+                                                         monkeypatch):  # noqa: F811
+    """What `train` does on CUDA — cubes and embeddings held by DeviceCubes, the batch
+    augmenter — run end to end on the CPU (only the device differs)."""
+    import shutil
+
+    import numpy as np
+
+    from cryosamu_cli import augment
+    from cryosamu_cli.embed import EMBEDDING_LENGTH
+
+    folder = tmp_path / "with_embeddings"
+    shutil.copytree(data_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "embeddings").mkdir()
+    rng = np.random.default_rng(0)
+    for entry in manifest["pairs"]:
+        path = folder / "embeddings" / f"{entry['name']}.npy"
+        np.save(path, rng.random((EMBEDDING_LENGTH, tiny_config.struct_dim)).astype(np.float16))
+        entry["embedding"] = f"embeddings/{entry['name']}.npy"
+    manifest["struct_encoder"] = {"name": "test", "dim": tiny_config.struct_dim}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    held = []
+
+    def device_cubes(dataset, **kwargs):
+        held.append(DeviceCubes(dataset, **kwargs))
+        return held[-1]
+
+    monkeypatch.setattr(train, "training_batches", device_cubes)
+    monkeypatch.setattr(train, "input_augmenter", lambda augment_, device: augment.BatchAugmenter())
+    run = tmp_path / "run"
+    summary = train.train(data_dir=folder, run_dir=run, model_config=tiny_config,
+                          config=_config(no_struct=False, augment=True, crop_size=32))
+    assert held and held[0].embeddings.shape == (2, EMBEDDING_LENGTH, tiny_config.struct_dim)
+    assert summary["steps"] == 3 and np.isfinite(summary["history"][-1]["train_loss"])
+    trained = load_model(run / "best.pt")
+    torch.manual_seed(0)  # the run's seed: its network before training
+    fresh = UNet3D.from_config(tiny_config)
+    assert not torch.equal(trained.mid_cross.attention.in_proj_weight,
+                           fresh.mid_cross.attention.in_proj_weight)
