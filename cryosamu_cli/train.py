@@ -303,8 +303,9 @@ class _Run:
                 progress.epoch += 1
             if budget is None:
                 self._validate_and_save(progress)
-        if budget is not None and (self.losses or not self.history):
-            self._validate_and_save(progress)  # unless a checkpoint came after the last step
+        if budget is not None and (self.losses or not self.history
+                                   or self.history[-1]["epoch"] != progress.epoch):
+            self._validate_and_save(progress)  # unless the last checkpoint saw this state
         progress.seconds = self.seconds_before + time.perf_counter() - self.started
         return {"epochs": progress.epoch, "steps": progress.step,
                 "best_val_loss": progress.best_val_loss, "seconds": progress.seconds,

@@ -5,6 +5,9 @@ the device, and a stop with one line when a loss is NaN."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -202,3 +205,22 @@ def test_the_gpu_training_path_runs_here_with_embeddings(data_dir, tiny_config, 
     fresh = UNet3D.from_config(tiny_config)
     assert not torch.equal(trained.mid_cross.attention.in_proj_weight,
                            fresh.mid_cross.attention.in_proj_weight)
+
+
+def test_two_ranks_agree_on_a_time_budget(data_dir, tmp_path):  # noqa: F811
+    """Under torchrun every rank stops at the same step (rank 0's clock) and ends with the
+    same weights; a rank that stopped alone would leave the other waiting for ever."""
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "cryosamu_cli.cli.app", "train", str(data_dir),
+               "-o", str(run), "--time-budget", "0.15", "--checkpoint-minutes", "0.05",
+               "--batch-size", "1", "--base-channels", "8", "--no-struct", "--precision",
+               "fp32", "--no-augment", "--crop-size", "32"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    checksums = summary["final_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1] and summary["steps"] >= 1
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == summary["steps"] and records[-1]["epoch"] == summary["epochs"]
