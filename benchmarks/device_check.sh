@@ -81,6 +81,8 @@ step "4. training speed"
 run "$(limit 90 200)" python3 benchmarks/train_speed.py --device "$DEVICE" "${SPEED_ARGS[@]}" \
   --json "$WORK/train_speed.json"
 
+# the manifest is rewritten after every pair, so a cut-off prepare-data still leaves a folder to
+# train on (the validation pairs come first in the CSV)
 step "5. prepare-data on $(nproc) cores"
 run "$(limit 150 100)" "${CRYOSAMU[@]}" prepare-data "$PAYLOAD/data/pairs.csv" -o "$WORK/data" --no-struct \
   --workers "$(nproc)" "${PREPARE_ARGS[@]}"
