@@ -145,7 +145,7 @@ def gaussian_blur(cubes: torch.Tensor, sigmas_zyx: torch.Tensor) -> torch.Tensor
     out = cubes.to(dtype)
     count, channels = cubes.shape[:2]
     for axis in range(3):
-        kernels = gaussian_kernels(sigmas_zyx[:, axis].to(dtype)).to(cubes.device)
+        kernels = gaussian_kernels(sigmas_zyx[:, axis].cpu().to(dtype)).to(cubes.device)
         radius = (kernels.shape[1] - 1) // 2
         if radius == 0:
             continue
