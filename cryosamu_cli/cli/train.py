@@ -69,8 +69,8 @@ def train_cmd(
         min=1, help="Validate on this many cubes of the validation split, evenly spread "
         "(default: all); keeps validations short in a --time-budget run.")] = None,
     compile_model: Annotated[bool, typer.Option(
-        "--compile", help="Run the network through torch.compile (pays off on long GPU "
-        "runs; compiling takes a minute or more).")] = False,
+        "--compile", help="Run the network through torch.compile (compiling takes minutes; "
+        "it gained nothing on a CPU, docs/performance.md).")] = False,
     export_half: Annotated[bool, typer.Option(
         "--export-half", help="Also write best-half.pt: best.pt's network in float16, half "
         "the size, loadable by enhance.")] = False,
