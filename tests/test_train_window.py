@@ -64,8 +64,8 @@ def _step_and_validation_seconds(data_dir, tiny_config) -> float:  # noqa: F811
 def test_time_budget_stops_in_time_and_resume_continues_with_a_new_budget(
         data_dir, tiny_config, tmp_path):  # noqa: F811
     run = tmp_path / "run"
-    budget_s = 10.0
-    config = _config(time_budget_minutes=budget_s / 60, checkpoint_minutes=4.0 / 60,
+    budget_s = 6.0
+    config = _config(time_budget_minutes=budget_s / 60, checkpoint_minutes=2.5 / 60,
                      learning_rate=1e-3, crop_size=32)
     first = train.train(data_dir=data_dir, run_dir=run, config=config, model_config=tiny_config)
     one_step_and_validation = _step_and_validation_seconds(data_dir, tiny_config)
@@ -81,11 +81,11 @@ def test_time_budget_stops_in_time_and_resume_continues_with_a_new_budget(
 
     saved_seconds = torch.load(run / "last.pt", weights_only=True)["progress"]["seconds"]
     second = train.train(data_dir=data_dir, run_dir=run,
-                         config=_config(time_budget_minutes=5.0 / 60, learning_rate=1e-3,
+                         config=_config(time_budget_minutes=3.0 / 60, learning_rate=1e-3,
                                         crop_size=32),
                          model_config=tiny_config, resume=True)
     assert second["steps"] > first["steps"] and second["epochs"] >= first["epochs"]
-    assert second["seconds"] >= saved_seconds + 5.0  # the training time adds up
+    assert second["seconds"] >= saved_seconds + 3.0  # the training time adds up
     state = torch.load(run / "last.pt", weights_only=True)
     assert {int(s["step"]) for s in state["optimiser"]["state"].values()} == {second["steps"]}
     resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -149,7 +149,7 @@ def test_a_nan_loss_stops_training_with_one_line_and_no_checkpoint(data_dir, tmp
 def test_cli_time_budget_leaves_a_best_pt_that_enhance_loads(data_dir, tmp_path):  # noqa: F811
     run = tmp_path / "window"
     started = time.perf_counter()
-    result = runner.invoke(app, ["train", str(data_dir), "-o", str(run), "--time-budget", "0.1",
+    result = runner.invoke(app, ["train", str(data_dir), "-o", str(run), "--time-budget", "0.05",
                                  "--preset", "light", "--base-channels", "8", "--crop-size", "32",
                                  "--no-struct", "--precision", "fp32", "--export-half",
                                  "--val-cubes", "1"])
@@ -213,7 +213,7 @@ def test_two_ranks_agree_on_a_time_budget(data_dir, tmp_path):  # noqa: F811
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node", "2", "-m", "cryosamu_cli.cli.app", "train", str(data_dir),
-               "-o", str(run), "--time-budget", "0.15", "--checkpoint-minutes", "0.05",
+               "-o", str(run), "--time-budget", "0.1", "--checkpoint-minutes", "0.04",
                "--batch-size", "1", "--base-channels", "8", "--no-struct", "--precision",
                "fp32", "--no-augment", "--crop-size", "32"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
