@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import random_checkpoint  # noqa: E402
+from _common import output_agreement, random_checkpoint  # noqa: E402
 
 
 def enhanced(source: Path, output: Path, **options) -> tuple[np.ndarray | None, str, float]:
@@ -41,14 +41,6 @@ def enhanced(source: Path, output: Path, **options) -> tuple[np.ndarray | None, 
     except CryosamuError as exc:
         return None, str(exc), time.perf_counter() - started
     return mapio.read_map(output)[0], "", time.perf_counter() - started
-
-
-def compared(candidate: np.ndarray, reference: np.ndarray) -> dict:
-    """Correlation and the largest difference as a share of the reference's range."""
-    value_range = float(reference.max() - reference.min())
-    return {"correlation": float(np.corrcoef(candidate.ravel(), reference.ravel())[0, 1]),
-            "max_abs_difference": float(np.abs(candidate - reference).max()),
-            "max_difference_over_range": float(np.abs(candidate - reference).max() / value_range)}
 
 
 def check_precision(device: str, edge: int, preset: str) -> dict:
@@ -68,7 +60,7 @@ def check_precision(device: str, edge: int, preset: str) -> dict:
         if precision == "fp32":
             reference = data
         elif data is not None and reference is not None:
-            row.update(compared(data, reference))
+            row.update(output_agreement(data, reference))
         results[precision] = row
         print(f"{preset} {edge}³ {precision}: {row}", flush=True)
     return {"check": "precision", "device": device, "preset": preset, "edge": edge,
@@ -86,7 +78,7 @@ def check_agreement(map_path: Path, device: str) -> dict:
         raise SystemExit(f"enhance failed: {error or cpu_error}")
     result = {"check": "agreement", "map": str(map_path), "device": device,
               "device_seconds": round(device_seconds, 2), "cpu_seconds": round(cpu_seconds, 2),
-              **compared(on_device, on_cpu)}
+              **output_agreement(on_device, on_cpu)}
     result["within_1e-3_of_range"] = result["max_difference_over_range"] < 1e-3
     print(result, flush=True)
     return result

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import random_checkpoint  # noqa: E402
+from _common import matrix_tflops, output_agreement, random_checkpoint  # noqa: E402
 
 PATHS = ("plain", "optimised")
 
@@ -55,20 +55,12 @@ def synthetic_map(edge: int, seed: int = 0) -> np.ndarray:
 
 
 def matmul_gflops(dtype_name: str, size: int = 4096, repeats: int = 3) -> float:
-    """Best-of-``repeats`` rate of a ``size``² matrix product in this dtype, in GFLOP/s."""
+    """Best-of-``repeats`` rate of a ``size``² matrix product in this dtype on the CPU, in
+    GFLOP/s."""
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a = torch.randn(size, size).to(dtype)
-    a @ a
-    best = min(_seconds(lambda: a @ a) for _ in range(repeats))
-    return 2 * size ** 3 / best / 1e9
-
-
-def _seconds(function) -> float:
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
+    return 1000 * matrix_tflops(torch.device("cpu"), dtype, size, repeats)
 
 
 def plain_enhancer(weights: Path, device: str):
@@ -121,10 +113,9 @@ def compare_outputs(folder: Path, edge: int, path: str) -> tuple[float, float]:
     """Max |path − plain| (relative to the plain map's range) and their correlation."""
     from cryosamu_cli.mapio import read_map
 
-    plain = read_map(folder / f"plain_{edge}.mrc")[0].ravel()
-    optimised = read_map(folder / f"{path}_{edge}.mrc")[0].ravel()
-    max_abs = float(np.abs(optimised - plain).max() / (plain.max() - plain.min()))
-    return max_abs, float(np.corrcoef(plain, optimised)[0, 1])
+    plain = read_map(folder / f"plain_{edge}.mrc")[0]
+    agreement = output_agreement(read_map(folder / f"{path}_{edge}.mrc")[0], plain)
+    return agreement["max_difference_over_range"], agreement["correlation"]
 
 
 def main() -> None:

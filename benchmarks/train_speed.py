@@ -23,21 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-
-def matrix_tflops(device, dtype, size: int, repeats: int = 5) -> float:
-    """Best-of-``repeats`` rate of a ``size``² matrix product in ``dtype`` on ``device``."""
-    import torch
-
-    a = torch.randn(size, size, device=device).to(dtype)
-    a @ a
-    best = float("inf")
-    for _ in range(repeats):
-        _synchronise(device)
-        started = time.perf_counter()
-        a @ a
-        _synchronise(device)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size ** 3 / best / 1e12
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import matrix_tflops  # noqa: E402
 
 
 def _synchronise(device) -> None:
