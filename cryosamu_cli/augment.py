@@ -84,11 +84,13 @@ class BatchAugmenter:
         noisy = _chosen(count, NOISE_P)
         stds = torch.where(noisy, _uniform(count, NOISE_STD), torch.zeros(count))
         out = add_noise(inputs, stds) if bool(noisy.any()) else inputs
-        for index in torch.nonzero(_chosen(count, ANISOTROPY_P)).flatten().tolist():
+        resampled = torch.nonzero(_chosen(count, ANISOTROPY_P)).flatten().tolist()
+        if resampled:
+            out = out.clone()  # one copy for the batch, then the chosen cubes in place
+        for index in resampled:
             axis = int(torch.randint(0, 3, ()))
             factor = float(_uniform(1, ANISOTROPY_DOWNSAMPLING))
-            out = torch.cat([out[:index], anisotropic(out[index:index + 1], axis, factor),
-                             out[index + 1:]])
+            out[index:index + 1] = anisotropic(out[index:index + 1], axis, factor)
         blurred = _chosen(count, BLUR_P)
         if bool(blurred.any()):
             sigmas = _uniform(count * 3, BLUR_STD_VOXELS).reshape(count, 3) * blurred[:, None]
