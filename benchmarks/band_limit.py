@@ -1,7 +1,7 @@
 """Which band limit serves the enhanced map: measured on degraded real training maps.
 
 For every ``train`` pair of a pairs CSV (never the ``eval`` ones), each degradation of
-:data:`cryosamu_cli.validation.DEFAULT_DEGRADATIONS` is enhanced once with the network's full
+:data:`cryosamu_cli.training.validation.DEFAULT_DEGRADATIONS` is enhanced once with the network's full
 band, then limited at the map's resolution with each candidate edge (as ``enhance`` does: on
 the 1 Å grid, then resampled back), and scored by CC_box / CC_mask against the model map at
 that resolution. The deposited (degraded) map and its hard truncation are the references.
@@ -17,8 +17,10 @@ import json
 
 import numpy as np
 
-from cryosamu_cli import grid, predictor, validation
-from cryosamu_cli.pairs import read_pairs
+from cryosamu_cli import grid
+from cryosamu_cli.enhance import predictor
+from cryosamu_cli.training import validation
+from cryosamu_cli.data.pairs import read_pairs
 
 # (label, (pass, stop) multiples of 1/R); see cryosamu_cli.grid.low_pass_weights
 EDGES = {"hard": (1.0, 1.0), "cosine 1.0-1.2": (1.0, 1.2), "cosine 0.9-1.1": (0.9, 1.1),

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cryosamu_cli import enhance, mapio, predictor
-from cryosamu_cli.pairs import read_pairs
+from cryosamu_cli import mapio
+from cryosamu_cli.enhance import pipeline as enhance
+from cryosamu_cli.enhance import predictor
+from cryosamu_cli.data.pairs import read_pairs
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ENCLOSED = (0.02, 0.05, 0.10)

@@ -32,7 +32,7 @@ from _common import output_agreement, random_checkpoint  # noqa: E402
 def enhanced(source: Path, output: Path, **options) -> tuple[np.ndarray | None, str, float]:
     """Enhance ``source`` into ``output``: (the map or None, the error if any, seconds)."""
     from cryosamu_cli import mapio
-    from cryosamu_cli.enhance import enhance_map
+    from cryosamu_cli.enhance.pipeline import enhance_map
     from cryosamu_cli.errors import CryosamuError
 
     started = time.perf_counter()
@@ -45,7 +45,7 @@ def enhanced(source: Path, output: Path, **options) -> tuple[np.ndarray | None, 
 
 def check_precision(device: str, edge: int, preset: str) -> dict:
     """Every precision on a ``preset``-sized random network, against fp32."""
-    from cryosamu_cli.benchmark_timing import write_synthetic_map
+    from cryosamu_cli.benchmark.timing import write_synthetic_map
     from cryosamu_cli.model.config import preset_config
 
     folder = Path(tempfile.mkdtemp())

@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--passes", default="0,2,4")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    from cryosamu_cli.enhance import enhance_map
+    from cryosamu_cli.enhance.pipeline import enhance_map
     from cryosamu_cli.examples import write_example_map
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -66,7 +66,7 @@ def matmul_gflops(dtype_name: str, size: int = 4096, repeats: int = 3) -> float:
 def plain_enhancer(weights: Path, device: str):
     """The straightforward path: fp32, batch 1, NCDHW layout, no cube skipped."""
     from cryosamu_cli.device import resolve_device
-    from cryosamu_cli.predictor import Enhancer
+    from cryosamu_cli.enhance.predictor import Enhancer
     from cryosamu_cli.weights import load_model
 
     torch_device = resolve_device(device)
@@ -77,9 +77,9 @@ def plain_enhancer(weights: Path, device: str):
 
 def run_one(args: argparse.Namespace) -> dict:
     """Enhance the synthetic map along one path, in this process; write the output map."""
-    from cryosamu_cli.benchmark_timing import flops_per_cube, peak_rss_MiB, reset_peak_memory
-    from cryosamu_cli.enhance import enhance_map
-    from cryosamu_cli.predictor import load_enhancer
+    from cryosamu_cli.benchmark.timing import flops_per_cube, peak_rss_MiB, reset_peak_memory
+    from cryosamu_cli.enhance.pipeline import enhance_map
+    from cryosamu_cli.enhance.predictor import load_enhancer
     from cryosamu_cli.mapio import GridInfo, write_map
 
     edge, folder = args.single, Path(args.folder)

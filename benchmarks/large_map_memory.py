@@ -14,7 +14,7 @@ activations are the fixed part (``--run-network`` runs every cube too). Runs:
   the block-wise resampling; the band limit stays per plane).
 
 Printed per run: peak RSS, the peak above the RSS just before ``enhance_map`` (map read, network
-loaded), that excess per voxel of the 1 Å grid, and ``cryosamu_cli.memory``'s estimate (what a
+loaded), that excess per voxel of the 1 Å grid, and ``cryosamu_cli.enhance.memory``'s estimate (what a
 run is checked against before it starts), plus seconds end to end.
 
     python benchmarks/large_map_memory.py                  # 400³, both runs
@@ -70,10 +70,11 @@ def write_synthetic_map(path: Path, edge: int) -> None:
 
 def run_one(mode: str, source: Path, weights: Path, output: Path, run_network: bool) -> dict:
     """Enhance ``source`` in this process and measure its memory."""
-    from cryosamu_cli import grid, memory
-    from cryosamu_cli.enhance import enhance_map
+    from cryosamu_cli import grid
+    from cryosamu_cli.enhance import memory
+    from cryosamu_cli.enhance.pipeline import enhance_map
     from cryosamu_cli.mapio import read_map
-    from cryosamu_cli.predictor import load_enhancer
+    from cryosamu_cli.enhance.predictor import load_enhancer
 
     if mode == "whole":
         grid.RESAMPLE_BLOCK_VOXELS = 1 << 62

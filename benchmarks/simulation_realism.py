@@ -3,7 +3,7 @@
     python benchmarks/simulation_realism.py                  # ~1 min on 2 cores
     python benchmarks/simulation_realism.py --models 24 --json realism.json
 
-Prints the figures of :mod:`cryosamu_cli.map_statistics` for every real map in
+Prints the figures of :mod:`cryosamu_cli.data.map_statistics` for every real map in
 ``../shared/data`` (pairs at their stated resolution, the unpaired maps, and the training
 pairs degraded to 6 Å as ``prepare-data --degrade-real`` does, basic and realistic), and for
 maps simulated from ``--models`` structures by the ``basic`` and ``realistic`` degradation
@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cryosamu_cli import degrade, mapio, pair_shards
-from cryosamu_cli.map_statistics import MapStatistics, map_statistics
-from cryosamu_cli.pairs import read_pairs
+from cryosamu_cli import mapio
+from cryosamu_cli.data import degrade
+from cryosamu_cli.data import pair_shards
+from cryosamu_cli.data.map_statistics import MapStatistics, map_statistics
+from cryosamu_cli.data.pairs import read_pairs
 from cryosamu_cli.structure import read_atoms
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -47,7 +47,7 @@ def usable_volumes() -> dict[str, np.ndarray]:
 
 def skipped_fraction(volume: np.ndarray, threshold: float, core_size: int = 50) -> tuple[int, float]:
     """Cubes in the plan and the fraction whose input never exceeds ``threshold``."""
-    from cryosamu_cli.tiling import CubePlan
+    from cryosamu_cli.enhance.tiling import CubePlan
 
     plan = CubePlan(tuple(volume.shape), 64, core_size)
     padded = plan.pad(volume)
@@ -65,7 +65,7 @@ def correlations(output: np.ndarray, reference: np.ndarray) -> tuple[float, floa
 
 def tiled(enhancer, volume: np.ndarray, core_size: int, threshold: float):
     """Stitched output and stats for one core size and skip threshold."""
-    from cryosamu_cli import tiling
+    from cryosamu_cli.enhance import tiling
 
     return tiling.enhance_tiled(volume, enhancer._predict, cube_size=64, core_size=core_size,
                                 batch_size=enhancer.batch_size, skip_threshold=threshold)
@@ -92,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"needs {SHARED}")
-    from cryosamu_cli.predictor import load_enhancer
+    from cryosamu_cli.enhance.predictor import load_enhancer
 
     thresholds = [float(t) for t in args.thresholds.split(",")]
     volumes = usable_volumes()

@@ -1,7 +1,7 @@
 """Training speed: cubes per second and achieved TFLOP/s of ``cryosamu train``'s own step.
 
 For each preset a fresh network takes ``--steps`` timed optimisation steps through
-``cryosamu_cli.train.train_step`` (the loss, the backward pass, AdamW, clipping, the cosine
+``cryosamu_cli.training.loop.train_step`` (the loss, the backward pass, AdamW, clipping, the cosine
 scheduler; on CUDA channels-last with cuDNN's autotuner, the batch augmentation on the device,
 the precision ``--precision`` resolves to), after ``--warmup`` untimed ones, on batches of
 smooth random cubes already on the device (as ``DeviceCubes`` holds them). Printed per preset:
@@ -54,7 +54,7 @@ def step_flops(model, batch, config, precision, device) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cryosamu_cli import train
+    from cryosamu_cli.training import loop as train
 
     optimiser = torch.optim.SGD(model.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
@@ -68,9 +68,9 @@ def measure(preset: str, args, device) -> dict:
     """One preset's figures."""
     import torch
 
-    from cryosamu_cli import train
-    from cryosamu_cli.augment import input_augmenter
-    from cryosamu_cli.benchmark_timing import peak_rss_MiB, reset_peak_memory
+    from cryosamu_cli.training import loop as train
+    from cryosamu_cli.training.augment import input_augmenter
+    from cryosamu_cli.benchmark.timing import peak_rss_MiB, reset_peak_memory
     from cryosamu_cli.device import precision_name, resolve_precision, use_precision
     from cryosamu_cli.model.config import preset_config
     from cryosamu_cli.model.unet import UNet3D

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cryosamu_cli import augment
+from cryosamu_cli.training import augment
 
 
 def test_flips_and_transpositions_are_exactly_numpys():

@@ -9,7 +9,7 @@ import mrcfile
 import pytest
 from typer.testing import CliRunner
 
-from cryosamu_cli import benchmark_timing
+from cryosamu_cli.benchmark import timing as benchmark_timing
 from cryosamu_cli.cli.app import app
 
 runner = CliRunner()

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cryosamu_cli import __version__, enhance
+from cryosamu_cli import __version__
+from cryosamu_cli.enhance import pipeline as enhance
 from cryosamu_cli.cli.app import app
 from tests.conftest import smooth_volume, write_mrc
 

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cryosamu_cli import dataset, grid, mapio, metrics, pair_shards, prepare, simulate
+from cryosamu_cli import grid, mapio, metrics, simulate
+from cryosamu_cli.data import dataset
+from cryosamu_cli.data import pair_shards
+from cryosamu_cli.data import prepare
 from cryosamu_cli.cli.app import app
 from cryosamu_cli.errors import ConfigError
-from cryosamu_cli.pairs import Pair
+from cryosamu_cli.data.pairs import Pair
 from cryosamu_cli.structure import protein_filters, read_atoms
 
 runner = CliRunner()
@@ -164,7 +167,7 @@ def test_protein_filters_on_real_models(shared_data):
 
 def test_structure_embeddings_with_random_esm_if1_weights(shared_data, tmp_path):
     pytest.importorskip("esm", reason="fair-esm is not installed (pip install -e '.[test]')")
-    from cryosamu_cli import embed
+    from cryosamu_cli.data import embed
 
     model, alphabet = embed.load_esm_if1(random_weights=True)
     assert 1.3e8 < sum(p.numel() for p in model.parameters()) < 1.5e8  # the 142M architecture
@@ -198,7 +201,7 @@ def test_torch_scatter_stand_in_matches_index_add():
 
     import torch
 
-    from cryosamu_cli import embed
+    from cryosamu_cli.data import embed
 
     embed._provide_torch_scatter()
     scatter_add = sys.modules["torch_scatter"].scatter_add
@@ -260,7 +263,7 @@ def test_simulate_repeats_draw_new_degradations_in_the_split_of_their_model(shar
 
 
 def test_shaped_noise_follows_the_reference_spectrum(shared_data):
-    from cryosamu_cli import degrade
+    from cryosamu_cli.data import degrade
 
     data, grid_info = mapio.read_map(shared_data / "unpaired/emd_6824.mrc")
     frequency, power = degrade.radial_power_spectrum(data, grid_info.voxel_size_zyx)
@@ -308,7 +311,7 @@ def test_ids_are_downloaded_from_emdb_and_rcsb(shared_data, tmp_path, http_serve
 
 
 def test_paper_tables_ship_with_the_package():
-    from cryosamu_cli.pairs import read_pairs
+    from cryosamu_cli.data.pairs import read_pairs
 
     pairs = read_pairs(prepare.PAPER_PAIRS)
     counts = {s: sum(p.split == s for p in pairs) for s in ("train", "val", "test")}

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cryosamu_cli import embed
+from cryosamu_cli.data import embed
 
 
 def test_chain_weights_by_hand():

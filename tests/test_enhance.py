@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from cryosamu_cli import enhance, grid, mapio
-from cryosamu_cli.predictor import (CPU_BATCH_SIZE, MAX_AUTO_BATCH, NetworkPredictor,
+from cryosamu_cli import grid, mapio
+from cryosamu_cli.enhance import pipeline as enhance
+from cryosamu_cli.enhance.predictor import (CPU_BATCH_SIZE, MAX_AUTO_BATCH, NetworkPredictor,
                                      batch_size_for_memory, load_enhancer)
 from cryosamu_cli.errors import (ConfigError, DeviceError, InvalidMapError, MapReadError,
                                  OutputError, WeightsError)
@@ -23,7 +24,7 @@ from tests.conftest import SHARED_MAPS, smooth_volume, write_mrc
 @pytest.fixture
 def pass_through(monkeypatch):
     """Replace the network (only) by an identity stand-in."""
-    import cryosamu_cli.predictor as predictor_module
+    import cryosamu_cli.enhance.predictor as predictor_module
 
     monkeypatch.setattr(predictor_module, "NetworkPredictor",
                         lambda model, device, passes, precision: lambda batch: batch.copy())
@@ -188,7 +189,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_result(tiny_checkpoint):
 
 
 def test_the_enhancer_keeps_the_batch_size_an_out_of_memory_back_off_chose(tiny_checkpoint):
-    from cryosamu_cli.predictor import Enhancer
+    from cryosamu_cli.enhance.predictor import Enhancer
     from cryosamu_cli.weights import load_model
 
     network = load_model(tiny_checkpoint)
@@ -214,7 +215,7 @@ def test_auto_batch_size_fits_free_memory_and_is_two_on_a_cpu(tiny_checkpoint):
 
 
 def test_skipped_empty_cubes_get_what_the_network_gives_an_empty_cube(tiny_checkpoint):
-    from cryosamu_cli import tiling
+    from cryosamu_cli.enhance import tiling
     from cryosamu_cli.weights import load_model
 
     predictor = NetworkPredictor(load_model(tiny_checkpoint), torch.device("cpu"))

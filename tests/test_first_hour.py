@@ -12,7 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cryosamu_cli import enhance, grid, mapio, memory
+from cryosamu_cli import grid, mapio
+from cryosamu_cli.enhance import pipeline as enhance
+from cryosamu_cli.enhance import memory
 from cryosamu_cli.cli.app import app
 from cryosamu_cli.device import resolve_precision
 from cryosamu_cli.errors import ResourceError

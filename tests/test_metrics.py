@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryosamu_cli import benchmark_quality, grid, mapio, metrics, simulate
+from cryosamu_cli import grid, mapio, metrics, simulate
+from cryosamu_cli.benchmark import quality as benchmark_quality
 from cryosamu_cli.structure import read_atoms
 
 # (pair folder, map, model, resolution, compare per-residue RSCC too)

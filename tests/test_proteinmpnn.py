@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from cryosamu_cli import embed, proteinmpnn
+from cryosamu_cli.data import embed
+from cryosamu_cli.data import proteinmpnn
 from cryosamu_cli.errors import ConfigError, WeightsError
 from cryosamu_cli.structure import read_atoms
 
@@ -165,7 +166,7 @@ def test_prepare_data_with_proteinmpnn_on_two_real_training_pairs(shared_data, t
     assert np.abs(embeddings[0] - embeddings[1]).mean() > 0.01
     assert all(e["struct_encoder"] == "proteinmpnn" for e in manifest["pairs"])
 
-    from cryosamu_cli.dataset import CubePairDataset
+    from cryosamu_cli.data.dataset import CubePairDataset
 
     data = CubePairDataset(out, "train", with_struct=True)
     assert data.struct_dim == 128 and data[0][2].shape == (800, 128)
@@ -173,7 +174,7 @@ def test_prepare_data_with_proteinmpnn_on_two_real_training_pairs(shared_data, t
 
 def test_resuming_with_an_encoder_adds_embeddings_without_remaking_shards(shared_data,
                                                                          tmp_path):
-    from cryosamu_cli.prepare import prepare_data
+    from cryosamu_cli.data.prepare import prepare_data
 
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("name,map,model,resolution_A,role\n"
@@ -230,7 +231,7 @@ def test_encoder_weights_download_and_check_against_a_local_server(http_server, 
 @pytest.fixture
 def data_with_embeddings(shared_data, tmp_path):
     """A one-pair prepare-data folder with 128-wide (random-encoder) embeddings."""
-    from cryosamu_cli.prepare import prepare_data
+    from cryosamu_cli.data.prepare import prepare_data
 
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("name,map,model,resolution_A,role\n"
@@ -248,8 +249,8 @@ def test_a_training_step_with_128_wide_embeddings_moves_the_cross_attention(
         data_with_embeddings, tiny_config):
     import dataclasses
 
-    from cryosamu_cli import train
-    from cryosamu_cli.dataset import CubePairDataset
+    from cryosamu_cli.training import loop as train
+    from cryosamu_cli.data.dataset import CubePairDataset
     from cryosamu_cli.model.unet import UNet3D
 
     torch.manual_seed(0)
@@ -268,7 +269,7 @@ def test_a_training_step_with_128_wide_embeddings_moves_the_cross_attention(
 
 def test_a_struct_width_mismatch_is_one_line_and_the_preset_follows_the_data(
         data_with_embeddings, tiny_config, tmp_path):
-    from cryosamu_cli import train
+    from cryosamu_cli.training import loop as train
 
     config = train.TrainConfig(epochs=1, batch_size=1, no_struct=False, augment=False,
                                precision="fp32", max_steps_per_epoch=1, preset="light",
@@ -285,8 +286,8 @@ def test_a_struct_width_mismatch_is_one_line_and_the_preset_follows_the_data(
 
 
 def test_training_with_embeddings_on_data_without_them_is_refused(shared_data, tmp_path):
-    from cryosamu_cli import train
-    from cryosamu_cli.prepare import prepare_data
+    from cryosamu_cli.training import loop as train
+    from cryosamu_cli.data.prepare import prepare_data
 
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("name,map,model,resolution_A,role\n"
@@ -302,8 +303,8 @@ def test_struct_dropout_trains_the_inference_path_and_is_range_checked(data_with
                                                                       tiny_config, tmp_path):
     import dataclasses
 
-    from cryosamu_cli import train
-    from cryosamu_cli.dataset import CubePairDataset
+    from cryosamu_cli.training import loop as train
+    from cryosamu_cli.data.dataset import CubePairDataset
     from cryosamu_cli.model.unet import UNet3D
 
     torch.manual_seed(0)

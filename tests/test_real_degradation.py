@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from cryosamu_cli import (degrade, grid, mapio, metrics, pair_shards, prepare, train,
-                          validation)
+from cryosamu_cli import grid, mapio, metrics
+from cryosamu_cli.data import degrade
+from cryosamu_cli.data import pair_shards
+from cryosamu_cli.data import prepare
+from cryosamu_cli.training import loop as train
+from cryosamu_cli.training import validation
 from cryosamu_cli.errors import ConfigError
-from cryosamu_cli.pairs import Pair, read_pairs
+from cryosamu_cli.data.pairs import Pair, read_pairs
 from cryosamu_cli.weights import load_model, save_checkpoint
 from tests.test_train import _config, data_dir  # noqa: F401  (the fixture is shared)
 
@@ -123,8 +127,8 @@ def test_training_fine_tunes_and_chooses_best_by_the_real_maps(data_dir, tiny_co
 def test_validation_enhances_exactly_as_enhance_does(small_pair_csv, tiny_checkpoint, tmp_path):
     # validation.enhanced_like_enhance repeats enhance_map's steps (1 Å grid, normalisation,
     # tiles, band limit, back): this keeps the two from drifting apart
-    from cryosamu_cli import enhance
-    from cryosamu_cli.predictor import NetworkPredictor
+    from cryosamu_cli.enhance import pipeline as enhance
+    from cryosamu_cli.enhance.predictor import NetworkPredictor
 
     (vmap, _) = validation.validation_maps_from_csv(str(small_pair_csv))
     source = tmp_path / "degraded.mrc"

@@ -1,5 +1,5 @@
 """Simulated maps that look like deposited ones (``--degradation realistic``) and the figures
-that compare them with real maps (:mod:`cryosamu_cli.map_statistics`)."""
+that compare them with real maps (:mod:`cryosamu_cli.data.map_statistics`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cryosamu_cli import degrade, grid, mapio, pair_shards, prepare
+from cryosamu_cli import grid, mapio
+from cryosamu_cli.data import degrade
+from cryosamu_cli.data import pair_shards
+from cryosamu_cli.data import prepare
 from cryosamu_cli.cli.app import app
 from cryosamu_cli.errors import ConfigError
-from cryosamu_cli.map_statistics import (background_mask, flat_fraction, map_statistics,
+from cryosamu_cli.data.map_statistics import (background_mask, flat_fraction, map_statistics,
                                          radial_power_spectrum, relative_amplitudes)
 from cryosamu_cli.structure import read_atoms
 

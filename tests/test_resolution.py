@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cryosamu_cli import batch, enhance, grid
+from cryosamu_cli import grid
+from cryosamu_cli.enhance import batch
+from cryosamu_cli.enhance import pipeline as enhance
 from cryosamu_cli.cli.app import app
 from cryosamu_cli.errors import ConfigError
-from cryosamu_cli.resolution import (ResolutionChoice, choose_resolution, nyquist_limit_A,
+from cryosamu_cli.enhance.resolution import (ResolutionChoice, choose_resolution, nyquist_limit_A,
                                      parse_resolution)
 from tests.conftest import smooth_volume, write_mrc
 

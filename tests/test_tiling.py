@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from cryosamu_cli import grid, tiling
+from cryosamu_cli import grid
+from cryosamu_cli.enhance import tiling
 from cryosamu_cli.errors import ConfigError
 from tests.conftest import smooth_volume
 

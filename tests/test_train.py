@@ -12,7 +12,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cryosamu_cli import augment, dataset, enhance, train
+from cryosamu_cli.training import augment
+from cryosamu_cli.data import dataset
+from cryosamu_cli.enhance import pipeline as enhance
+from cryosamu_cli.training import loop as train
 from cryosamu_cli.examples import write_example_map
 from cryosamu_cli.device import resolve_precision
 from cryosamu_cli.model.unet import UNet3D

@@ -14,12 +14,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cryosamu_cli import dataset, train
+from cryosamu_cli.data import dataset
+from cryosamu_cli.training import loop as train
 from cryosamu_cli.cli.app import app
 from cryosamu_cli.examples import write_example_map
 from cryosamu_cli.model.unet import UNet3D
-from cryosamu_cli.time_budget import TimeBudget
-from cryosamu_cli.train_batches import DeviceCubes, LoaderBatches, training_batches
+from cryosamu_cli.training.time_budget import TimeBudget
+from cryosamu_cli.training.batches import DeviceCubes, LoaderBatches, training_batches
 from cryosamu_cli.weights import load_model
 from tests.test_train import _config, data_dir  # noqa: F401  (the fixture is shared)
 
@@ -172,8 +173,8 @@ def test_the_gpu_training_path_runs_here_with_embeddings(data_dir, tiny_config, 
 
     import numpy as np
 
-    from cryosamu_cli import augment
-    from cryosamu_cli.embed import EMBEDDING_LENGTH
+    from cryosamu_cli.training import augment
+    from cryosamu_cli.data.embed import EMBEDDING_LENGTH
 
     folder = tmp_path / "with_embeddings"
     shutil.copytree(data_dir, folder)

@@ -10,7 +10,9 @@ import torch
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from cryosamu_cli import batch, enhance, grid, mapio, metrics
+from cryosamu_cli import grid, mapio, metrics
+from cryosamu_cli.enhance import batch
+from cryosamu_cli.enhance import pipeline as enhance
 from cryosamu_cli.cli.app import app
 from cryosamu_cli.errors import ConfigError, InvalidMapError
 from cryosamu_cli.examples import write_example_map

@@ -39,7 +39,8 @@ def time_cmd(
                                                  "volume with a fitted line (PNG).")] = None,
 ) -> None:
     """Time `cryosamu enhance`: stages, cubes, s/cube, voxels/s, GFLOP/s, peak memory."""
-    from cryosamu_cli import benchmark_report, benchmark_timing
+    from cryosamu_cli.benchmark import report as benchmark_report
+    from cryosamu_cli.benchmark import timing as benchmark_timing
     from cryosamu_cli.errors import ConfigError
 
     with user_errors():
@@ -85,8 +86,9 @@ def quality_cmd(
                                                   "box and RSCC plots.")] = None,
 ) -> None:
     """Score maps against models: CC_box, CC_mask, CC_volume, CC_peaks, FSC=0.5, RSCC."""
-    from cryosamu_cli import benchmark_quality, benchmark_report
-    from cryosamu_cli.pairs import read_pairs
+    from cryosamu_cli.benchmark import quality as benchmark_quality
+    from cryosamu_cli.benchmark import report as benchmark_report
+    from cryosamu_cli.data.pairs import read_pairs
 
     with user_errors():
         pairs = read_pairs(pairs_csv, role=role)

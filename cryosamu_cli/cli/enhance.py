@@ -11,7 +11,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 
 from cryosamu_cli.cli.common import (BatchSizeOpt, ForceOpt, QuietOpt, WeightsOpt, console,
                                      epilog, table_with, user_errors)
-from cryosamu_cli.tiling import CORE_SIZE, CUBE_SIZE
+from cryosamu_cli.enhance.tiling import CORE_SIZE, CUBE_SIZE
 
 app = typer.Typer()
 
@@ -81,8 +81,8 @@ def enhance_cmd(
 
     The written density is in the input's units (its 99.9th percentile of positive density matched to the input's) unless --density-scale normalised.
     """
-    from cryosamu_cli import batch
-    from cryosamu_cli import enhance as enhance_lib
+    from cryosamu_cli.enhance import batch
+    from cryosamu_cli.enhance import pipeline as enhance_lib
     from cryosamu_cli.errors import ConfigError
 
     map_options = dict(half2_path=half2, mask_path=mask, mask_mode=mask_mode, strength=strength,

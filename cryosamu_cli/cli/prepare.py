@@ -79,7 +79,8 @@ def prepare_cmd(
         help="Same as --struct-encoder esm-if1 --encoder-weights PATH.")] = None,
 ) -> None:
     """Map–model pairs → 1 Å grids, eq. 1 targets and 64³ cube shards (resumable)."""
-    from cryosamu_cli import pair_shards, prepare
+    from cryosamu_cli.data import pair_shards
+    from cryosamu_cli.data import prepare
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn(), console=console)
@@ -99,7 +100,7 @@ def prepare_cmd(
     with user_errors(), bar:
         embedder = None
         if not no_struct:  # torch and the encoder only when embeddings are made
-            from cryosamu_cli import embed
+            from cryosamu_cli.data import embed
 
             if esm_weights is not None:
                 struct_encoder, encoder_weights = struct_encoder or "esm-if1", esm_weights

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cryosamu_cli.cli.common import console, epilog, user_errors
-from cryosamu_cli.time_budget import DEFAULT_CHECKPOINT_MINUTES
+from cryosamu_cli.training.time_budget import DEFAULT_CHECKPOINT_MINUTES
 
 app = typer.Typer()
 
@@ -76,7 +76,7 @@ def train_cmd(
         "the size, loadable by enhance.")] = False,
 ) -> None:
     """Train the U-Net on a prepare-data folder (one process, or many under torchrun)."""
-    from cryosamu_cli import train as train_lib
+    from cryosamu_cli.training import loop as train_lib
 
     config = train_lib.TrainConfig(epochs=epochs, batch_size=batch_size,
                                    learning_rate=learning_rate, seed=seed, no_struct=no_struct,

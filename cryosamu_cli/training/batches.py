@@ -12,7 +12,7 @@ import os
 import numpy as np
 import torch
 
-from cryosamu_cli.dataset import CubePairDataset
+from cryosamu_cli.data.dataset import CubePairDataset
 
 # The share of the GPU's free memory the training cubes may take (the rest is for the network).
 DEVICE_CUBES_FRACTION = 0.4

@@ -1,6 +1,6 @@
 """``cryosamu benchmark time``: how long ``enhance`` takes per map and stage, its arithmetic
 rate and peak memory, as :class:`TimingRecord` rows (written and plotted by
-:mod:`cryosamu_cli.benchmark_report`)."""
+:mod:`cryosamu_cli.benchmark.report`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cryosamu_cli import enhance, mapio, predictor
+from cryosamu_cli import mapio
+from cryosamu_cli.enhance import pipeline as enhance
+from cryosamu_cli.enhance import predictor
 from cryosamu_cli.errors import ConfigError
 
 STAGES = ("read", "resample", "network", "stitch", "write")

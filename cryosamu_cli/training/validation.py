@@ -3,7 +3,7 @@
 Choosing a recipe, a band-limit edge or a checkpoint by the loss on simulated cubes does not
 track what users measure (the model-quality issue: 0.41 → 0.58 on simulated cubes while every
 real map got worse). Here the real ``train`` pairs of a pairs CSV, held out by map, are brought
-to a lower resolution by :func:`cryosamu_cli.degrade.degraded_real_map` and any candidate map
+to a lower resolution by :func:`cryosamu_cli.data.degrade.degraded_real_map` and any candidate map
 is scored by CC_box and CC_mask (phenix.map_model_cc's definitions, :mod:`cryosamu_cli.metrics`)
 against the model map at that resolution. The ``eval`` pairs are never used here.
 """
@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cryosamu_cli import degrade, mapio, metrics, tiling
+from cryosamu_cli import mapio, metrics
+from cryosamu_cli.data import degrade
+from cryosamu_cli.enhance import tiling
 from cryosamu_cli.errors import ConfigError
-from cryosamu_cli.pairs import Pair
+from cryosamu_cli.data.pairs import Pair
 from cryosamu_cli.structure import read_atoms
 
 # (resolution in Å, low-passed at it as deposited post-processed maps are, or left with the
@@ -91,7 +93,7 @@ def validation_maps_from_csv(pairs_csv: str, split: str = "val") -> list[Validat
     Raises:
         ConfigError: The CSV has no such row.
     """
-    from cryosamu_cli.pairs import read_pairs
+    from cryosamu_cli.data.pairs import read_pairs
 
     pairs = [p for p in read_pairs(pairs_csv) if p.split == split]
     if not pairs:
@@ -101,11 +103,11 @@ def validation_maps_from_csv(pairs_csv: str, split: str = "val") -> list[Validat
 
 def enhanced_like_enhance(predict, vmap: ValidationMap, cube_size: int = tiling.CUBE_SIZE,
                           core_size: int = tiling.CORE_SIZE, batch_size: int = 2) -> np.ndarray:
-    """A validation map through ``predict`` (a :class:`cryosamu_cli.predictor.NetworkPredictor`)
+    """A validation map through ``predict`` (a :class:`cryosamu_cli.enhance.predictor.NetworkPredictor`)
     exactly as ``cryosamu enhance --resolution R`` does: 1 Å grid, normalisation, tiles, the
     band limit at the map's resolution, back onto the map's grid."""
     from cryosamu_cli import grid
-    from cryosamu_cli.enhance import BAND_EDGE
+    from cryosamu_cli.enhance.pipeline import BAND_EDGE
 
     on_1A = grid.resample_to_spacing(vmap.data, vmap.grid.voxel_size_zyx)
     normalised = grid.normalise(on_1A, grid.normalisation_of(on_1A))
@@ -121,7 +123,7 @@ def enhanced_like_enhance(predict, vmap: ValidationMap, cube_size: int = tiling.
 def score_network(model, vmaps: Sequence[ValidationMap], device, precision=None) -> dict:
     """Mean CC_box and CC_mask of the network's enhanced validation maps: ``real_cc_box``,
     ``real_cc_mask`` and their mean ``real_cc`` (what a checkpoint is chosen by)."""
-    from cryosamu_cli.predictor import NetworkPredictor
+    from cryosamu_cli.enhance.predictor import NetworkPredictor
 
     predict = NetworkPredictor(model, device, 0, precision)
     rows = [vmap.scores(enhanced_like_enhance(predict, vmap)) for vmap in vmaps]

@@ -1,5 +1,5 @@
 """``enhance_map``: the one-map inference pipeline, as a list of named steps (the network on its
-device is :mod:`cryosamu_cli.predictor`; many maps and devices, :mod:`cryosamu_cli.batch`).
+device is :mod:`cryosamu_cli.enhance.predictor`; many maps and devices, :mod:`cryosamu_cli.enhance.batch`).
 
 read map (average the half maps) → choose the resolution → resample to 1 Å → normalise →
 cubes through the network → stitch → limit to the resolution → resample back onto the input grid
@@ -28,15 +28,17 @@ import numpy as np
 from scipy import ndimage
 
 from cryosamu_cli import grid as grid_ops
-from cryosamu_cli import mapio, memory, metrics, tiling
-from cryosamu_cli import resolution as resolution_ops
+from cryosamu_cli import mapio, metrics
+from cryosamu_cli.enhance import memory
+from cryosamu_cli.enhance import tiling
+from cryosamu_cli.enhance import resolution as resolution_ops
 from cryosamu_cli.atomic import write_text_atomic
 from cryosamu_cli.errors import ConfigError, CryosamuError
-from cryosamu_cli.tiling import CORE_SIZE, CUBE_SIZE, DEFAULT_SKIP_THRESHOLD
+from cryosamu_cli.enhance.tiling import CORE_SIZE, CUBE_SIZE, DEFAULT_SKIP_THRESHOLD
 from cryosamu_cli.weights import DownloadProgress
 
 if TYPE_CHECKING:  # torch is imported only once the input has passed its checks
-    from cryosamu_cli.predictor import Enhancer
+    from cryosamu_cli.enhance.predictor import Enhancer
 
 MASK_MODES = ("enhance-inside", "keep-inside")
 FSC_THRESHOLD = 0.143
@@ -128,7 +130,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
         resolution: The map's resolution in Å (the output is limited to it), ``none`` (the
             network's full band), a CSV of path,resolution, or None: the half-map FSC = 0.143
             resolution with ``half2_path``, else the full band
-            (:mod:`cryosamu_cli.resolution`).
+            (:mod:`cryosamu_cli.enhance.resolution`).
         density_scale: ``input`` (the output in the input's units, its 99.9th percentile of
             positive density matched to the input's) or ``normalised`` (the network's scale).
         band_edge: The band limit's edge (:func:`cryosamu_cli.grid.low_pass_weights`).
@@ -152,7 +154,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                                              grid.voxel_size_zyx)
     mask = _read_mask(mask_path, grid)
     clock.lap("read")
-    from cryosamu_cli.predictor import load_enhancer
+    from cryosamu_cli.enhance.predictor import load_enhancer
 
     enhancer = enhancer or load_enhancer(
         weights=weights, device=device, batch_size=batch_size, cube_size=cube_size,

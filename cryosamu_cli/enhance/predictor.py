@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryosamu_cli import tiling
+from cryosamu_cli.enhance import tiling
 from cryosamu_cli.device import (check_finite, keep_freed_memory_for_reuse, precision_name,
                                   resolve_device, resolve_precision, use_precision)
 from cryosamu_cli.errors import ConfigError, DeviceError
-from cryosamu_cli.tiling import CORE_SIZE, CUBE_SIZE, DEFAULT_SKIP_THRESHOLD
+from cryosamu_cli.enhance.tiling import CORE_SIZE, CUBE_SIZE, DEFAULT_SKIP_THRESHOLD
 from cryosamu_cli.weights import DownloadProgress, load_model, resolve_weights
 
 
@@ -148,7 +148,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 class NetworkPredictor:
-    """The network as a numpy function for :mod:`cryosamu_cli.tiling`: ``(B, n, n, n)`` →
+    """The network as a numpy function for :mod:`cryosamu_cli.enhance.tiling`: ``(B, n, n, n)`` →
     ``(B, n, n, n)``, or ``(B, 2, n, n, n)`` (mean, standard deviation) over ``passes``
     Monte-Carlo dropout passes.
 

@@ -1,7 +1,7 @@
 """One pair → its shard: a real map–model pair (or a degraded copy of it) or a model alone
-(simulated, :mod:`cryosamu_cli.degrade`) brought to 1 Å, normalised exactly as ``enhance``
+(simulated, :mod:`cryosamu_cli.data.degrade`) brought to 1 Å, normalised exactly as ``enhance``
 does, with its eq. 1 target (heavy atoms, Gaussian of σ = 0.225 × R, θ = 1) on the same grid,
-cut into cubes (:mod:`cryosamu_cli.dataset`); and the manifest entry that records it.
+cut into cubes (:mod:`cryosamu_cli.data.dataset`); and the manifest entry that records it.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cryosamu_cli import degrade, grid, mapio, metrics, simulate
-from cryosamu_cli.dataset import CUBE_SIZE, PADDING, SPLITS, cut_cube_pairs, write_shard
+from cryosamu_cli import grid, mapio, metrics, simulate
+from cryosamu_cli.data import degrade
+from cryosamu_cli.data.dataset import CUBE_SIZE, PADDING, SPLITS, cut_cube_pairs, write_shard
 from cryosamu_cli.errors import ConfigError, CryosamuError
-from cryosamu_cli.pairs import Pair
+from cryosamu_cli.data.pairs import Pair
 from cryosamu_cli.structure import Atoms, protein_filters, read_atoms
 
 TARGET_RESOLUTION_A = 2.0

@@ -8,11 +8,11 @@ distributed environment is read from torchrun's variables; rank 0 logs and check
 
 A run is bounded by epochs, or by wall-clock time (``time_budget_minutes``: the cosine spans
 the budget, with a validation and checkpoint every few minutes and at the end;
-:mod:`cryosamu_cli.time_budget`). On CUDA the training cubes stay on the GPU when they fit
-(:mod:`cryosamu_cli.train_batches`), the augmentation runs there in batch
-(:class:`cryosamu_cli.augment.BatchAugmenter`), the network is channels-last with cuDNN's
+:mod:`cryosamu_cli.training.time_budget`). On CUDA the training cubes stay on the GPU when they fit
+(:mod:`cryosamu_cli.training.batches`), the augmentation runs there in batch
+(:class:`cryosamu_cli.training.augment.BatchAugmenter`), the network is channels-last with cuDNN's
 autotuner on, and ``compile`` hands it to ``torch.compile``. The run folder:
-:mod:`cryosamu_cli.run_folder`.
+:mod:`cryosamu_cli.training.run_folder`.
 """
 
 from __future__ import annotations
@@ -30,16 +30,16 @@ import torch
 from torch import nn
 
 from cryosamu_cli.atomic import write_text_atomic
-from cryosamu_cli.augment import crop_and_flip, input_augmenter
-from cryosamu_cli.dataset import CubePairDataset
-from cryosamu_cli.distributed import gather, setup_distributed, teardown, weights_checksum
+from cryosamu_cli.training.augment import crop_and_flip, input_augmenter
+from cryosamu_cli.data.dataset import CubePairDataset
+from cryosamu_cli.training.distributed import gather, setup_distributed, teardown, weights_checksum
 from cryosamu_cli.device import precision_name, resolve_precision, use_precision
 from cryosamu_cli.errors import ConfigError, NumericalError
 from cryosamu_cli.model.config import UNetConfig, preset_config
 from cryosamu_cli.model.unet import UNet3D
-from cryosamu_cli.run_folder import Progress, log_and_save, restore
-from cryosamu_cli.time_budget import DEFAULT_CHECKPOINT_MINUTES, TimeBudget
-from cryosamu_cli.train_batches import training_batches
+from cryosamu_cli.training.run_folder import Progress, log_and_save, restore
+from cryosamu_cli.training.time_budget import DEFAULT_CHECKPOINT_MINUTES, TimeBudget
+from cryosamu_cli.training.batches import training_batches
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def _real_validation_maps(config: TrainConfig, rank: int) -> list:
     """The degraded real maps of ``validate_on`` (rank 0 only: it alone chooses ``best.pt``)."""
     if not config.validate_on or rank != 0:
         return []
-    from cryosamu_cli.validation import validation_maps_from_csv
+    from cryosamu_cli.training.validation import validation_maps_from_csv
 
     return validation_maps_from_csv(config.validate_on)
 
@@ -242,7 +242,7 @@ def train_step(model: nn.Module, batch, optimiser, scheduler, config: TrainConfi
                scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """One optimisation step on a batch ``(input, target[, embedding])``; returns the loss
     (a detached 0-d tensor on the device: reading it waits for the GPU). ``augmenter``
-    (:func:`cryosamu_cli.augment.input_augmenter`) changes the inputs; ``scaler`` (fp16)
+    (:func:`cryosamu_cli.training.augment.input_augmenter`) changes the inputs; ``scaler`` (fp16)
     scales the loss against underflow."""
     model.train()
     inputs, targets = (t.to(device, non_blocking=True) for t in batch[:2])
@@ -348,7 +348,7 @@ class _Run:
                   **validate(self.model, val_set, self.device, self.config.batch_size,
                              self.precision, self.config.val_cubes)}
         if real_maps:
-            from cryosamu_cli.validation import score_network
+            from cryosamu_cli.training.validation import score_network
 
             record.update(score_network(self.model, real_maps, self.device, self.precision))
         if self.rank == 0:

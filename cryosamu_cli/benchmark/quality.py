@@ -13,9 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryosamu_cli import enhance, grid, mapio, metrics, predictor
+from cryosamu_cli import grid, mapio, metrics
+from cryosamu_cli.enhance import pipeline as enhance
+from cryosamu_cli.enhance import predictor
 from cryosamu_cli.errors import ConfigError, CryosamuError
-from cryosamu_cli.pairs import Pair
+from cryosamu_cli.data.pairs import Pair
 from cryosamu_cli.structure import read_atoms
 
 @dataclass
@@ -119,7 +121,7 @@ def score_map(map_path: Path, model_path: Path, resolution_A: float,
 def cctbx_scores(map_path: Path, model_path: Path, resolution_A: float) -> dict:
     """The same scores computed by cctbx (``mmtbx.maps.map_model_cc`` and ``mtriage``).
 
-    cctbx runs in a child process (:mod:`cryosamu_cli.cctbx_backend`): its boost.python
+    cctbx runs in a child process (:mod:`cryosamu_cli.benchmark.cctbx_backend`): its boost.python
     libraries crash when loaded into a process that already holds torch.
 
     Raises:
@@ -128,7 +130,7 @@ def cctbx_scores(map_path: Path, model_path: Path, resolution_A: float) -> dict:
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "cryosamu_cli.cctbx_backend", str(map_path),
+    command = [sys.executable, "-m", "cryosamu_cli.benchmark.cctbx_backend", str(map_path),
                str(model_path), str(resolution_A)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:

@@ -1,5 +1,5 @@
 """Structure embeddings: a pretrained encoder's residue features per chain (ESM-IF1 as in the
-paper, or ProteinMPNN's encoder, :mod:`cryosamu_cli.proteinmpnn`), then the attention pooling of
+paper, or ProteinMPNN's encoder, :mod:`cryosamu_cli.data.proteinmpnn`), then the attention pooling of
 eqs. 2–6 (§3.2) to a fixed ``800 × d`` (d = 512 for ESM-IF1, 128 for ProteinMPNN).
 
 Pooling, for ``C`` chains zero-padded to ``R`` residues, ``E ∈ R^{C×R×d}``:
@@ -269,7 +269,8 @@ def esm_embedder(weights_path=None) -> StructureEmbedder:
 def proteinmpnn_embedder(weights_path=None) -> StructureEmbedder:
     """Model atoms → their pooled ProteinMPNN embedding (``800 × 128``), with the encoder
     loaded once (``weights_path``: a local ``v_48_020.pt``, else the manifest's download)."""
-    from cryosamu_cli import proteinmpnn, weights
+    from cryosamu_cli import weights
+    from cryosamu_cli.data import proteinmpnn
 
     encoder = proteinmpnn.load_encoder(
         weights.resolve_encoder_weights(PROTEINMPNN_WEIGHTS, weights_path))
@@ -284,7 +285,7 @@ def embed_proteinmpnn(atoms, encoder, length: int = EMBEDDING_LENGTH) -> torch.T
     Raises:
         ValueError: No residue with a complete N, CA, C, O backbone.
     """
-    from cryosamu_cli.proteinmpnn import backbone_of
+    from cryosamu_cli.data.proteinmpnn import backbone_of
 
     chains = encoder.encode(backbone_of(atoms))
     return structure_embedding(list(chains.values()), length)

@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryosamu_cli import enhance
-from cryosamu_cli import resolution as resolution_ops
-from cryosamu_cli.enhance import EnhanceResult, companion_path
+from cryosamu_cli.enhance import pipeline as enhance
+from cryosamu_cli.enhance import resolution as resolution_ops
+from cryosamu_cli.enhance.pipeline import EnhanceResult, companion_path
 from cryosamu_cli.errors import ConfigError, CryosamuError, DeviceError, OutputError
-from cryosamu_cli.tiling import CORE_SIZE, CUBE_SIZE
+from cryosamu_cli.enhance.tiling import CORE_SIZE, CUBE_SIZE
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
         skip_existing: Leave maps whose output exists untouched.
         force: Overwrite existing outputs (ignored with ``skip_existing``).
         resolution: One value for every map, ``none``, or a CSV of path,resolution (every
-            input must be listed); see :func:`cryosamu_cli.enhance.enhance_map`.
+            input must be listed); see :func:`cryosamu_cli.enhance.pipeline.enhance_map`.
         on_map_start: Called as ``on_map_start(path, index, count)`` before each map.
-        map_options: Passed on to :func:`cryosamu_cli.enhance.enhance_map` (mask, strength, progress, ...).
+        map_options: Passed on to :func:`cryosamu_cli.enhance.pipeline.enhance_map` (mask, strength, progress, ...).
 
     Raises:
         CryosamuError: Only for problems shared by all maps (output folder, weights, device).
@@ -78,7 +78,7 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
             continue
         if on_map_start is not None:
             on_map_start(input_path, index, len(input_paths))
-        from cryosamu_cli.predictor import load_enhancer
+        from cryosamu_cli.enhance.predictor import load_enhancer
 
         enhancer = enhancer or load_enhancer(
             weights=weights, device=device, batch_size=batch_size, cube_size=cube_size,

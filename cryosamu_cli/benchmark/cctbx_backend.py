@@ -1,4 +1,4 @@
-"""Map–model scores computed by cctbx, run as ``python -m cryosamu_cli.cctbx_backend MAP MODEL
+"""Map–model scores computed by cctbx, run as ``python -m cryosamu_cli.benchmark.cctbx_backend MAP MODEL
 RESOLUTION``; prints one JSON line. Kept free of torch (see ``benchmark.cctbx_scores``)."""
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import numpy as np
 
 from cryosamu_cli import __version__
 from cryosamu_cli.atomic import write_text_atomic
-from cryosamu_cli.benchmark_quality import METRICS, PairQuality
-from cryosamu_cli.benchmark_timing import TimingRecord, fit_time_vs_volume
+from cryosamu_cli.benchmark.quality import METRICS, PairQuality
+from cryosamu_cli.benchmark.timing import TimingRecord, fit_time_vs_volume
 from cryosamu_cli.errors import CryosamuError
 
 def plot_time_vs_volume(records: Sequence[TimingRecord], path: str | os.PathLike) -> Path:

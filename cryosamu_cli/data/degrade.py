@@ -46,7 +46,7 @@ from scipy import ndimage
 from cryosamu_cli import mapio
 from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.grid import band_limit, bfactor_sharpen, fitted_b_factor, shell_index, soft_mask
-from cryosamu_cli.map_statistics import background_mask, radial_power_spectrum
+from cryosamu_cli.data.map_statistics import background_mask, radial_power_spectrum
 from cryosamu_cli.simulate import simulate_density
 from cryosamu_cli.structure import Atoms
 

@@ -1,6 +1,6 @@
 """The training data on disk and its reader: cube shards and ``CubePairDataset``.
 
-Layout of a ``prepare-data`` folder (written by :mod:`cryosamu_cli.prepare`)::
+Layout of a ``prepare-data`` folder (written by :mod:`cryosamu_cli.data.prepare`)::
 
     OUT/manifest.json          every pair: status, split, cubes, grid, normalisation, filters…
     OUT/shards/<name>.npy      float16 array (n_cubes, 2, 64, 64, 64): [input, target]
@@ -110,7 +110,7 @@ class CubePairDataset:
         """Pair ``pair``'s ``L × struct_dim`` float32 embedding tensor (zeros without one)."""
         import torch
 
-        from cryosamu_cli.embed import EMBEDDING_LENGTH
+        from cryosamu_cli.data.embed import EMBEDDING_LENGTH
 
         relative = self._embeddings[pair]
         if relative is None:
@@ -121,7 +121,7 @@ class CubePairDataset:
 def _struct_encoder(manifest: dict) -> tuple[str | None, int | None]:
     """Name and width of the folder's structure embeddings; folders written before the encoder
     was recorded hold ESM-IF1's; (None, None) when no pair has an embedding."""
-    from cryosamu_cli.embed import ESM_IF1_DIM
+    from cryosamu_cli.data.embed import ESM_IF1_DIM
 
     recorded = manifest.get("struct_encoder")
     if recorded:

@@ -1,6 +1,6 @@
 """``prepare-data``: the pipeline over many pairs. Plans the jobs (real pairs, their degraded
 copies, simulated models), drops sequence duplicates, resumes from the manifest, runs the jobs
-(:mod:`cryosamu_cli.pair_shards`) in worker processes and writes the manifest atomically after
+(:mod:`cryosamu_cli.data.pair_shards`) in worker processes and writes the manifest atomically after
 each. Splits come from the CSV (by map, never by cube); pairs marked ``eval`` become ``test`` and
 are never in ``train``/``val``.
 """
@@ -16,20 +16,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cryosamu_cli import __version__, degrade, grid, mapio, simulate
+from cryosamu_cli import __version__, grid, mapio, simulate
+from cryosamu_cli.data import degrade
 from cryosamu_cli.atomic import atomic_target, write_text_atomic
-from cryosamu_cli.dataset import MANIFEST_FORMAT
+from cryosamu_cli.data.dataset import MANIFEST_FORMAT
 from cryosamu_cli.errors import ConfigError, CryosamuError
-from cryosamu_cli.pair_shards import (DEGRADE_REAL_RANGE_A, DegradedPairJob, PrepareOptions,
+from cryosamu_cli.data.pair_shards import (DEGRADE_REAL_RANGE_A, DegradedPairJob, PrepareOptions,
                                       SimulationJob, heavy_atoms, prepare_pair,
                                       prepare_simulated, sources)
-from cryosamu_cli.pairs import Pair, read_pairs
+from cryosamu_cli.data.pairs import Pair, read_pairs
 from cryosamu_cli.structure import read_atoms
 
 if TYPE_CHECKING:  # embed imports torch, which a run without embeddings does not need
-    from cryosamu_cli.embed import StructureEmbedder
+    from cryosamu_cli.data.embed import StructureEmbedder
 
-PAPER_PAIRS = Path(__file__).resolve().parent / "data" / "paper_pairs.csv"
+PAPER_PAIRS = Path(__file__).resolve().parent / "paper_pairs.csv"
 
 
 def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str | os.PathLike,
@@ -50,24 +51,24 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
     The manifest is rewritten atomically after every pair.
 
     Args:
-        pairs_csv: Map–model pairs (see :func:`cryosamu_cli.pairs.read_pairs`).
+        pairs_csv: Map–model pairs (see :func:`cryosamu_cli.data.pairs.read_pairs`).
         output_dir: Folder for ``manifest.json`` and ``shards/``.
         options: Filters and sizes.
         workers: Pairs prepared in parallel processes.
         role: Keep only CSV rows of this split/role.
         simulate_from: Folder(s) of PDB/mmCIF models to make simulated pairs from
-            (:mod:`cryosamu_cli.degrade`), named ``sim-<file stem>``.
+            (:mod:`cryosamu_cli.data.degrade`), named ``sim-<file stem>``.
         noise_reference: A real map whose power spectrum shapes the simulated noise (needed
             with ``simulate_from``).
         seed: Seed of the simulated degradations (each model gets its own stream).
         simulate_repeats: Simulated maps per model, each with its own degradation; the
             repeats are named ``sim-<stem>-r<k>`` and share the split of ``sim-<stem>``.
         degrade_real: Copies of every real pair degraded to a random 4.5–8 Å
-            (:func:`cryosamu_cli.degrade.degraded_real_map`, half of them low-passed; with
+            (:func:`cryosamu_cli.data.degrade.degraded_real_map`, half of them low-passed; with
             ``options.degradation == "realistic"`` copies 1, 2, 5, 6, … keep a masked map's
             mask), named ``<pair>-d<k>``, in the pair's split, with the degradation recorded.
         embedder: Model atoms → ``800 × d`` structure embedding
-            (:func:`cryosamu_cli.embed.structure_embedder`); saved as
+            (:func:`cryosamu_cli.data.embed.structure_embedder`); saved as
             ``embeddings/<name>.npy`` for every pair that is ``ok``, the encoder recorded in
             the manifest; pairs kept from an earlier run without this encoder's embedding get
             one. None: no embeddings (``--no-struct``).
