@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -36,12 +34,23 @@ def test_chain_weights_favour_the_chain_similar_to_the_others():
 def test_short_embeddings_are_sorted_and_repeated():
     pooled = torch.tensor([[0.0, 0.0], [3.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
     out = embed.fixed_length(pooled, length=7)
-    alpha = embed.attention_weights(pooled)
-    order = torch.argsort(alpha, descending=True)
+    # by hand: S = [[0, 0, 0], [0, 10, 4], [0, 4, 2]]; column softmax, mean over columns:
+    # alpha ≈ (0.116, 0.733, 0.151), so the rows go 1, 2, 0 and repeat
     normalised = pooled / 3.0  # min 0, max 3
-    expected = normalised[order.repeat(math.ceil(7 / 3))[:7]].float()
+    expected = normalised[[1, 2, 0, 1, 2, 0, 1]].float()
     assert out.shape == (7, 2) and torch.equal(out, expected)
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_residue_order_breaks_near_ties_by_residue_index():
+    # residues 1, 2, 3 differ by float noise (1e-9 of 0.3): tied, kept in residue order,
+    # whichever of them the noise makes largest
+    for noise in (1e-9, -1e-9):
+        alpha = torch.tensor([0.2, 0.3, 0.3 + noise, 0.3 - noise, 0.1], dtype=torch.float64)
+        assert embed.residue_order(alpha).tolist() == [1, 2, 3, 0, 4]
+    # a real difference (1e-3 of the largest) still orders by weight
+    alpha = torch.tensor([0.2, 0.3, 0.3003, 0.1], dtype=torch.float64)
+    assert embed.residue_order(alpha).tolist() == [2, 1, 0, 3]
 
 
 def test_long_embeddings_keep_the_top_weighted_residues():

@@ -20,6 +20,7 @@ from cryosamu_cli.cli.app import app
 from cryosamu_cli.examples import write_example_map
 from cryosamu_cli.model.unet import UNet3D
 from cryosamu_cli.training.time_budget import TimeBudget
+from cryosamu_cli.training import validation
 from cryosamu_cli.training.batches import DeviceCubes, LoaderBatches, training_batches
 from cryosamu_cli.weights import load_model
 from tests.test_train import _config, data_dir  # noqa: F401  (the fixture is shared)
@@ -28,8 +29,8 @@ runner = CliRunner()
 
 
 def test_validation_takes_evenly_spread_cubes():
-    assert train.validation_cubes(10, 4) == [0, 3, 6, 9]
-    assert train.validation_cubes(3, None) == train.validation_cubes(3, 5) == [0, 1, 2]
+    assert validation.validation_cubes(10, 4) == [0, 3, 6, 9]
+    assert validation.validation_cubes(3, None) == validation.validation_cubes(3, 5) == [0, 1, 2]
 
 
 def test_budget_cosine_checkpoints_and_end():

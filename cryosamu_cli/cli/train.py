@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cryosamu_cli.cli.common import console, epilog, user_errors
+from cryosamu_cli.training.loss import DEFAULT_CORR_WEIGHT, LOSSES
 from cryosamu_cli.training.time_budget import DEFAULT_CHECKPOINT_MINUTES
 
 app = typer.Typer()
@@ -74,6 +75,14 @@ def train_cmd(
     export_half: Annotated[bool, typer.Option(
         "--export-half", help="Also write best-half.pt: best.pt's network in float16, half "
         "the size, loadable by enhance.")] = False,
+    loss: Annotated[str, typer.Option(
+        help="smooth-l1 (§3.4) or smooth-l1+corr: plus --corr-weight × (1 − the correlation "
+        "of output and target inside the molecule), what map_model_cc scores.")] = LOSSES[0],
+    corr_weight: Annotated[float, typer.Option(
+        min=0.0, help="Weight of the correlation term of --loss smooth-l1+corr.")] = DEFAULT_CORR_WEIGHT,
+    ema_decay: Annotated[Optional[float], typer.Option(
+        help="Keep an exponential moving average of the weights with this decay (e.g. "
+        "0.999), validated beside them: ema.pt and best-ema.pt.")] = None,
 ) -> None:
     """Train the U-Net on a prepare-data folder (one process, or many under torchrun)."""
     from cryosamu_cli.training import loop as train_lib
@@ -89,7 +98,8 @@ def train_cmd(
                                    time_budget_minutes=time_budget,
                                    checkpoint_minutes=checkpoint_minutes,
                                    compile=compile_model, export_half=export_half,
-                                   val_cubes=val_cubes)
+                                   val_cubes=val_cubes, loss=loss, corr_weight=corr_weight,
+                                   ema_decay=ema_decay)
     with user_errors():
         summary = train_lib.train(data_dir=data_dir, run_dir=run_dir, config=config,
                                   resume=resume, on_epoch=_print_epoch)
@@ -106,5 +116,10 @@ def _print_epoch(record: dict) -> None:
     if "real_cc" in record:
         val += (f", real maps CC_box {record['real_cc_box']:.3f} CC_mask "
                 f"{record['real_cc_mask']:.3f}")
+    if "ema_val_loss" in record and record["ema_val_loss"] is not None:
+        val += f"; EMA val loss {record['ema_val_loss']:.4g}"
+        if "ema_real_cc" in record:
+            val += (f", real maps CC_box {record['ema_real_cc_box']:.3f} CC_mask "
+                    f"{record['ema_real_cc_mask']:.3f}")
     console.print(f"epoch {record['epoch']}, step {record['step']}, {record['minutes']:.1f} min: "
                   f"{loss}{val} ({record['seconds']:.0f} s)")

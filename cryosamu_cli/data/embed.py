@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 EMBEDDING_LENGTH = 800
+WEIGHT_TIE_TOLERANCE = 1e-5  # residue weights this close (relative to the largest) count as tied
 ESM_IF1_DIM = 512
 PROTEINMPNN_DIM = 128
 # Encoder name → width d of its residue features (and of the stored embeddings).
@@ -126,10 +127,18 @@ def pool_chains(chains: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.einsum("c,crd->rd", weights, padded)
 
 
+def residue_order(alpha: torch.Tensor) -> torch.Tensor:
+    """Residue indices by descending weight ``alpha``; weights within ``WEIGHT_TIE_TOLERANCE``
+    of the largest weight of each other count as tied and keep residue order, so that
+    floating-point noise (another CPU's summation order, a rotated model) cannot swap rows."""
+    level = torch.round(alpha / alpha.max() / WEIGHT_TIE_TOLERANCE)
+    return torch.argsort(level, descending=True, stable=True)
+
+
 def fixed_length(pooled: torch.Tensor, length: int = EMBEDDING_LENGTH) -> torch.Tensor:
-    """Step 6: min-max normalise and resample ``R × d`` to ``length × d`` by residue weight."""
-    alpha = attention_weights(pooled)
-    order = torch.argsort(alpha, descending=True, stable=True)
+    """Step 6: min-max normalise and resample ``R × d`` to ``length × d`` by residue weight
+    (:func:`residue_order`)."""
+    order = residue_order(attention_weights(pooled))
     span = pooled.max() - pooled.min()
     normalised = (pooled - pooled.min()) / span if span > 0 else torch.zeros_like(pooled)
     if pooled.shape[0] >= length:

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -37,9 +36,12 @@ from cryosamu_cli.device import precision_name, resolve_precision, use_precision
 from cryosamu_cli.errors import ConfigError, NumericalError
 from cryosamu_cli.model.config import UNetConfig, preset_config
 from cryosamu_cli.model.unet import UNet3D
+from cryosamu_cli.training.batches import training_batches
+from cryosamu_cli.training.ema import WeightAverage, check_decay
+from cryosamu_cli.training.loss import DEFAULT_CORR_WEIGHT, LOSSES, check_loss, training_loss
 from cryosamu_cli.training.run_folder import Progress, log_and_save, restore
 from cryosamu_cli.training.time_budget import DEFAULT_CHECKPOINT_MINUTES, TimeBudget
-from cryosamu_cli.training.batches import training_batches
+from cryosamu_cli.training.validation import validate
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class TrainConfig:
     compile: bool = False
     export_half: bool = False
     val_cubes: int | None = None
+    loss: str = LOSSES[0]
+    corr_weight: float = DEFAULT_CORR_WEIGHT
+    ema_decay: float | None = None
 
     def model_config(self) -> UNetConfig:
         """The network this run trains: the preset, with ``base_channels`` if given."""
@@ -97,6 +102,7 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
         if config.init_weights:
             _load_initial_weights(model, config.init_weights)
         model = network_on_device(model, device)
+        ema = WeightAverage(model, config.ema_decay) if config.ema_decay else None
         real_maps = _real_validation_maps(config, rank)
         ddp_model = training_network(model, world, device, config)
         batches = training_batches(train_set, batch_size=config.batch_size, seed=config.seed,
@@ -113,9 +119,9 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
             run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             progress = restore(run_dir / "last.pt", model, optimiser,
-                               None if budget else scheduler, device)
+                               None if budget else scheduler, device, ema)
         run = _Run(ddp_model, model, optimiser, scheduler, config, precision, device, rank,
-                   run_dir, (val_set, real_maps), on_epoch)
+                   run_dir, (val_set, real_maps), on_epoch, ema)
         summary = run.loop(batches, progress, budget)
         summary["final_weight_checksums"] = gather(weights_checksum(model), world)
         summary["rank"] = rank
@@ -127,7 +133,10 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
 
 
 def _check_budget(config: TrainConfig) -> None:
-    """A time budget and the checkpoint interval must be positive."""
+    """The loss and EMA options must be known; a time budget and the checkpoint interval
+    must be positive."""
+    check_loss(config.loss, config.corr_weight)
+    check_decay(config.ema_decay)
     if config.time_budget_minutes is not None and not config.time_budget_minutes > 0:
         raise ConfigError(f"--time-budget must be a positive number of minutes, got "
                           f"{config.time_budget_minutes}")
@@ -256,7 +265,8 @@ def train_step(model: nn.Module, batch, optimiser, scheduler, config: TrainConfi
         inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
     with torch.autocast(device.type, dtype=precision or torch.float32,
                         enabled=precision is not None):
-        loss = nn.functional.smooth_l1_loss(model(inputs, struct).float(), targets)
+        loss = training_loss(model(inputs, struct).float(), targets, config.loss,
+                             config.corr_weight)
     optimiser.zero_grad(set_to_none=True)
     scaler = scaler or torch.amp.GradScaler(enabled=False)
     scaler.scale(loss).backward()
@@ -283,6 +293,7 @@ class _Run:
     run_dir: Path
     validation: tuple
     on_epoch: Callable[[dict], None] | None
+    ema: WeightAverage | None = None
 
     def loop(self, batches, progress: Progress, budget: TimeBudget | None) -> dict:
         """Epochs of steps until ``config.epochs`` epochs (or the ``budget``) are done, with a
@@ -322,6 +333,8 @@ class _Run:
             self.losses.append(train_step(self.ddp_model, batch, self.optimiser,
                                           self.scheduler, self.config, self.precision,
                                           self.device, self.augmenter, self.scaler))
+            if self.ema is not None:
+                self.ema.update(self.model)
             progress.step += 1
             if budget is not None and budget.checkpoint_due():
                 self._validate_and_save(progress)
@@ -347,17 +360,27 @@ class _Run:
                   "minutes": round(progress.seconds / 60, 3),
                   **validate(self.model, val_set, self.device, self.config.batch_size,
                              self.precision, self.config.val_cubes)}
-        if real_maps:
-            from cryosamu_cli.training.validation import score_network
-
-            record.update(score_network(self.model, real_maps, self.device, self.precision))
+        record.update(self._real_scores(self.model))
+        if self.ema is not None:
+            scores = {**validate(self.ema.network, val_set, self.device, self.config.batch_size,
+                                 self.precision, self.config.val_cubes),
+                      **self._real_scores(self.ema.network)}
+            record.update({f"ema_{key}": value for key, value in scores.items()})
         if self.rank == 0:
             log_and_save(record, self.model, self.optimiser, self.scheduler, progress,
-                         asdict(self.config), self.run_dir, self.config.export_half)
+                         asdict(self.config), self.run_dir, self.config.export_half, self.ema)
             if self.on_epoch is not None:
                 self.on_epoch(record)
         self.history.append(record)
         self.losses, self.window_started = [], time.perf_counter()
+
+    def _real_scores(self, network: nn.Module) -> dict:
+        """The real validation maps' scores of ``network`` (none without such maps)."""
+        if not self.validation[1]:
+            return {}
+        from cryosamu_cli.training.validation import score_network
+
+        return score_network(network, self.validation[1], self.device, self.precision)
 
     def _non_finite_message(self, progress: Progress) -> str:
         """What to say when a loss was NaN or Inf: where the last finite state is, what to try."""
@@ -367,35 +390,3 @@ class _Run:
                   else "--precision fp32 or a lower --learning-rate")
         return (f"a training loss was NaN or Inf by step {progress.step} at "
                 f"{precision_name(self.precision)} precision; {saved}: train again with {remedy}")
-
-
-@torch.inference_mode()
-def validate(model: nn.Module, val_set: CubePairDataset, device: torch.device,
-             batch_size: int, precision: torch.dtype | None = None,
-             max_cubes: int | None = None) -> dict:
-    """Validation loss and mean map correlation, without embeddings (as at inference), in
-    the training's autocast ``precision``; on at most ``max_cubes`` cubes spread evenly over
-    the split (the same ones every time)."""
-    if len(val_set) == 0:
-        return {"val_loss": None, "val_cc": None}
-    model.eval()
-    chosen = validation_cubes(len(val_set), max_cubes)
-    losses, correlations = [], []
-    for start in range(0, len(chosen), batch_size):
-        items = [val_set[i] for i in chosen[start:start + batch_size]]
-        inputs = torch.stack([i[0] for i in items]).to(device)
-        targets = torch.stack([i[1] for i in items]).to(device)
-        with torch.autocast(device.type, dtype=precision or torch.float32,
-                            enabled=precision is not None):
-            outputs = model(inputs).float()
-        losses.append(float(nn.functional.smooth_l1_loss(outputs, targets)) * len(items))
-        correlations += [float(torch.corrcoef(torch.stack([o.flatten(), t.flatten()]))[0, 1])
-                         for o, t in zip(outputs, targets)]
-    return {"val_loss": sum(losses) / len(chosen), "val_cc": float(np.nanmean(correlations))}
-
-
-def validation_cubes(count: int, max_cubes: int | None) -> list[int]:
-    """Indices of at most ``max_cubes`` of ``count`` cubes, evenly spaced (all without a cap)."""
-    if max_cubes is None or max_cubes >= count:
-        return list(range(count))
-    return sorted(set(np.linspace(0, count - 1, max_cubes).round().astype(int).tolist()))

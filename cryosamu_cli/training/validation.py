@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import nn
 
 from cryosamu_cli import mapio, metrics
 from cryosamu_cli.data import degrade
+from cryosamu_cli.data.dataset import CubePairDataset
 from cryosamu_cli.enhance import tiling
 from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.data.pairs import Pair
@@ -130,3 +133,35 @@ def score_network(model, vmaps: Sequence[ValidationMap], device, precision=None)
     mean = mean_scores(rows)
     return {"real_cc_box": mean["cc_box"], "real_cc_mask": mean["cc_mask"],
             "real_cc": (mean["cc_box"] + mean["cc_mask"]) / 2}
+
+
+@torch.inference_mode()
+def validate(model: nn.Module, val_set: CubePairDataset, device: torch.device,
+             batch_size: int, precision: torch.dtype | None = None,
+             max_cubes: int | None = None) -> dict:
+    """Validation loss and mean map correlation, without embeddings (as at inference), in
+    the training's autocast ``precision``; on at most ``max_cubes`` cubes spread evenly over
+    the split (the same ones every time)."""
+    if len(val_set) == 0:
+        return {"val_loss": None, "val_cc": None}
+    model.eval()
+    chosen = validation_cubes(len(val_set), max_cubes)
+    losses, correlations = [], []
+    for start in range(0, len(chosen), batch_size):
+        items = [val_set[i] for i in chosen[start:start + batch_size]]
+        inputs = torch.stack([i[0] for i in items]).to(device)
+        targets = torch.stack([i[1] for i in items]).to(device)
+        with torch.autocast(device.type, dtype=precision or torch.float32,
+                            enabled=precision is not None):
+            outputs = model(inputs).float()
+        losses.append(float(nn.functional.smooth_l1_loss(outputs, targets)) * len(items))
+        correlations += [float(torch.corrcoef(torch.stack([o.flatten(), t.flatten()]))[0, 1])
+                         for o, t in zip(outputs, targets)]
+    return {"val_loss": sum(losses) / len(chosen), "val_cc": float(np.nanmean(correlations))}
+
+
+def validation_cubes(count: int, max_cubes: int | None) -> list[int]:
+    """Indices of at most ``max_cubes`` of ``count`` cubes, evenly spaced (all without a cap)."""
+    if max_cubes is None or max_cubes >= count:
+        return list(range(count))
+    return sorted(set(np.linspace(0, count - 1, max_cubes).round().astype(int).tolist()))

@@ -1,0 +1,194 @@
+"""The resolution of a map estimated from the map alone (when no value, half maps or EMDB
+header says it).
+
+Two signatures of the resolution; the second wins where it falls below the first:
+
+1. **The post-processing edge.** A deposited map is usually low-passed at its FSC resolution
+   (RELION, cryoSPARC, and the FSC weighting that rolls the amplitudes off towards it). Its
+   rotationally averaged amplitude spectrum then falls by orders of magnitude within a few
+   shells (less steeply, but still far more than a B-factor does, after a soft mask): the
+   frequency of the steepest fall is ``1/R``.
+2. **Where the signal meets the noise.** In a raw map the noise also fills the solvent. The
+   power per voxel inside the molecule (signal + noise) and in the solvent (noise) give the
+   spectral signal-to-noise ratio of the whole box; ``R`` is where it falls to that of an
+   FSC = 0.143 shell, ``2 · 0.143 / (1 − 0.143)`` (as MonoRes compares molecule and solvent,
+   here one global figure). Searched only up to the edge of 1 when there is one: signal that
+   is lost in the noise before a low-pass edge says the edge is not the map's resolution.
+
+A map with neither (no edge; no solvent, or no signal above the solvent's noise) has no
+estimate: :class:`ResolutionUnknownError` says so and how to give the resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from cryosamu_cli.errors import CryosamuError
+from cryosamu_cli.grid import shell_index
+
+# A full map whose half maps correlate 0.143 in a shell has this signal-to-noise ratio there.
+SNR_AT_RESOLUTION = 2 * 0.143 / (1 - 0.143)
+COARSEST_A = 12.0  # no estimate coarser than this (the model works at 4–8 Å)
+EDGE_MIN_SLOPE = 4.0  # decades of amplitude per e-fold of frequency: a low-pass edge, not a B
+MIN_SOLVENT_FRACTION = 0.08  # of the box, for the signal-to-noise estimate
+CONFIDENT_SNR_DROP = 1.5  # decades the box SNR falls over the band it is measured in
+
+
+class ResolutionUnknownError(CryosamuError):
+    """The map shows no resolution that can be measured."""
+
+
+@dataclass(frozen=True)
+class ResolutionEstimate:
+    """An estimated resolution, how it was found and how much to trust it.
+
+    Attributes:
+        resolution_A: The estimate.
+        method: ``post-processing edge`` or ``signal/noise in the solvent``.
+        confident: False when the signature was weak (then say so and how to give R).
+        detail: A short figure behind it (the edge's depth, or the solvent fraction).
+    """
+
+    resolution_A: float
+    method: str
+    confident: bool
+    detail: str
+
+
+def estimate_resolution(data: np.ndarray, voxel_size_zyx: tuple[float, ...]) -> ResolutionEstimate:
+    """The resolution of ``data[z, y, x]`` from the map alone.
+
+    Raises:
+        ResolutionUnknownError: Neither a post-processing edge nor signal above the solvent's
+            noise shows in the map.
+    """
+    finest = 2.0 * max(voxel_size_zyx)
+    frequency, amplitude = amplitude_spectrum(data, voxel_size_zyx)
+    edge = post_processing_edge(frequency, amplitude, finest)
+    # Signal that fades into the noise before the edge: the edge is an earlier low-pass
+    # (of a map later blurred or reprocessed), not what the data hold.
+    solvent = solvent_noise_crossing(data, voxel_size_zyx,
+                                     edge.resolution_A if edge is not None else finest)
+    if solvent is not None:
+        return solvent
+    if edge is not None:
+        return edge
+    raise ResolutionUnknownError(
+        "the map's resolution cannot be estimated (no post-processing edge in its spectrum and "
+        "no signal above the noise of its solvent): give it with --resolution R")
+
+
+def amplitude_spectrum(data: np.ndarray,
+                       voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean Fourier amplitude per shell up to Nyquist: ``(frequency in 1/Å, amplitude)``."""
+    return _shell_means(np.abs(np.fft.rfftn(data - data.mean())), data.shape, voxel_size_zyx)
+
+
+def _shell_means(half_spectrum: np.ndarray, shape_zyx: tuple[int, ...],
+                 voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of an rFFT-shaped array per Fourier shell up to Nyquist, with the shells'
+    frequencies in 1/Å."""
+    shells, width = shell_index(shape_zyx, voxel_size_zyx)
+    n_shells = int(min(0.5 / v for v in voxel_size_zyx) / width) + 1
+    flat, keep = shells.ravel(), shells.ravel() < n_shells
+    total = np.bincount(flat[keep], weights=half_spectrum.ravel()[keep], minlength=n_shells)
+    counts = np.bincount(flat[keep], minlength=n_shells)
+    return np.arange(n_shells) * width, total / np.maximum(counts, 1)
+
+
+def post_processing_edge(frequency: np.ndarray, amplitude: np.ndarray,
+                         finest_A: float) -> ResolutionEstimate | None:
+    """The low-pass edge of a post-processed map: the steepest fall of the log amplitude
+    against log frequency between ``1/COARSEST_A`` and the map's finest resolution, when it
+    is at least ``EDGE_MIN_SLOPE`` (a B-factor fall-off at R is ~0.4, a low-pass edge
+    ≥ 5 even after a soft mask spreads it); ``R`` = 1 / the frequency of that fall."""
+    slope, centre = log_slopes(frequency, amplitude)
+    band = (centre >= 1.0 / COARSEST_A) & (centre <= 1.0 / finest_A)
+    if not band.any():
+        return None
+    steepest = int(np.flatnonzero(band)[np.argmin(slope[band])])
+    if slope[steepest] > -EDGE_MIN_SLOPE:
+        return None
+    resolution = 1.0 / centre[steepest]
+    return ResolutionEstimate(min(max(resolution, finest_A), COARSEST_A),
+                              "post-processing edge", slope[steepest] <= -2 * EDGE_MIN_SLOPE,
+                              f"amplitude falls {-slope[steepest]:.1f} decades per e-fold")
+
+
+def log_slopes(frequency: np.ndarray,
+               amplitude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slopes of log10 amplitude against ln frequency between neighbouring shells (from the
+    second shell on) and the frequency at the middle of each step."""
+    keep = slice(1, None)
+    log_amp = np.log10(np.maximum(amplitude[keep], 1e-30 * max(float(amplitude.max()), 1e-30)))
+    log_f = np.log(frequency[keep])
+    slope = np.diff(log_amp) / np.diff(log_f)
+    return slope, np.exp((log_f[1:] + log_f[:-1]) / 2)
+
+
+def _first_crossing(frequency: np.ndarray, values: np.ndarray, level: float,
+                    start: float) -> float:
+    """The first frequency from ``start`` on where ``values`` falls to ``level`` (linear
+    interpolation between shells)."""
+    for i in np.flatnonzero(frequency >= start)[:-1]:
+        if values[i] >= level > values[i + 1]:
+            t = (values[i] - level) / (values[i] - values[i + 1])
+            return float(frequency[i] + t * (frequency[i + 1] - frequency[i]))
+        if values[i] < level:
+            return float(frequency[i])
+    return float(frequency[-1])
+
+
+def solvent_noise_crossing(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
+                           finest_A: float) -> ResolutionEstimate | None:
+    """Where the box's spectral signal-to-noise ratio, from the molecule's power per voxel
+    against the solvent's, falls to that of an FSC = 0.143 shell; None without enough
+    solvent or signal."""
+    molecule, solvent = molecule_and_solvent(data, voxel_size_zyx)
+    if solvent.mean() < MIN_SOLVENT_FRACTION or molecule.mean() < 0.01:
+        return None
+    centred = data - float(data[solvent > 0.5].mean())
+    frequency, power_in = _power_per_voxel(centred, molecule, voxel_size_zyx)
+    _, power_out = _power_per_voxel(centred, solvent, voxel_size_zyx)
+    signal = (power_in - power_out) * float(molecule.mean())
+    snr = _smoothed(signal / np.maximum(power_out, 1e-30))
+    band = (frequency >= 1.0 / COARSEST_A) & (frequency <= 1.0 / finest_A)
+    if not band.any() or snr[band][0] < SNR_AT_RESOLUTION:
+        return None
+    crossing = _first_crossing(frequency, np.log10(np.maximum(snr, 1e-12)),
+                               np.log10(SNR_AT_RESOLUTION), 1.0 / COARSEST_A)
+    if crossing >= frequency[band][-1]:
+        return None  # never falls within the band the map holds
+    fall = float(np.log10(max(snr[band][0], 1e-12)) - np.log10(max(snr[band].min(), 1e-12)))
+    return ResolutionEstimate(max(1.0 / crossing, finest_A), "signal/noise in the solvent",
+                              fall >= CONFIDENT_SNR_DROP and solvent.mean() >= 0.2,
+                              f"solvent {100 * solvent.mean():.0f} % of the box")
+
+
+def molecule_and_solvent(data: np.ndarray,
+                         voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Soft masks of the molecule (the map smoothed over 3 Å above its mean + 1.5 s.d.,
+    grown by 3 Å) and of the solvent (further than 6 Å from the molecule), 0–1."""
+    sigma = [3.0 / v for v in voxel_size_zyx]
+    smoothed = ndimage.gaussian_filter(data.astype(np.float32), sigma)
+    core = smoothed > smoothed.mean() + 1.5 * smoothed.std()
+    distance = ndimage.distance_transform_edt(~core, sampling=voxel_size_zyx)
+    molecule = np.clip((6.0 - distance) / 3.0, 0.0, 1.0)  # 1 within 3 Å, 0 beyond 6 Å
+    solvent = np.clip((distance - 6.0) / 3.0, 0.0, 1.0)  # 0 within 6 Å, 1 beyond 9 Å
+    return molecule.astype(np.float32), solvent.astype(np.float32)
+
+
+def _power_per_voxel(data: np.ndarray, weight: np.ndarray,
+                     voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Shell power of ``data · weight`` per unit of ``weight²`` (a region's power per voxel)."""
+    frequency, power = _shell_means(np.abs(np.fft.rfftn(data * weight)) ** 2, data.shape,
+                                    voxel_size_zyx)
+    return frequency, power / max(float((weight ** 2).sum()), 1e-12)
+
+
+def _smoothed(values: np.ndarray) -> np.ndarray:
+    """A 3-shell running median (single noisy shells do not make a crossing)."""
+    return ndimage.median_filter(values, size=3, mode="nearest")

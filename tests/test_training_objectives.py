@@ -1,0 +1,106 @@
+"""The correlation loss (hand-made cubes, its gradient) and the EMA of the weights (differs
+from the raw weights, loads in enhance, continues across a resumed time-budget run)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cryosamu_cli.enhance.predictor import load_enhancer
+from cryosamu_cli.errors import ConfigError
+from cryosamu_cli.training import loop as train
+from cryosamu_cli.training.ema import WeightAverage
+from cryosamu_cli.training.loss import masked_correlation_loss, training_loss
+from tests.test_train import _config, data_dir  # noqa: F401  (the fixture is shared)
+
+
+def _cubes(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 8³ target cubes: a dense block (1.0 with a ramp) inside zeros, and an output."""
+    generator = torch.Generator().manual_seed(seed)
+    target = torch.zeros(2, 1, 8, 8, 8, dtype=torch.float64)
+    target[:, :, 2:6, 2:6, 2:6] = 0.5 + torch.rand(2, 1, 4, 4, 4, generator=generator,
+                                                    dtype=torch.float64)
+    output = target + 0.1 * torch.randn(target.shape, generator=generator, dtype=torch.float64)
+    return output, target
+
+
+def test_correlation_loss_identical_negated_scaled_and_masked():
+    output, target = _cubes()
+    assert float(masked_correlation_loss(target, target)) == pytest.approx(0.0, abs=1e-12)
+    assert float(masked_correlation_loss(-target, target)) == pytest.approx(2.0, abs=1e-12)
+    base = float(masked_correlation_loss(output, target))
+    assert 0.0 < base < 2.0
+    assert float(masked_correlation_loss(3.0 * output + 7.0, target)) == pytest.approx(base)
+    outside = output.clone()
+    outside[target <= 0.05] = torch.randn(int((target <= 0.05).sum()), dtype=torch.float64)
+    assert float(masked_correlation_loss(outside, target)) == pytest.approx(base)
+    inside = output.clone()
+    inside[target > 0.05] += 0.3 * torch.randn(int((target > 0.05).sum()), dtype=torch.float64)
+    assert float(masked_correlation_loss(inside, target)) > base
+
+
+def test_correlation_loss_by_hand():
+    # one cube, mask = the 4 voxels of the target above 0.05: r of (1, 2, 3, 5) with (1, 2, 3, 4)
+    target = torch.tensor([[0.0, 0.0, 0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    output = torch.tensor([[9.0, -9.0, 1.0, 2.0, 3.0, 5.0]], dtype=torch.float64)
+    x, y = [1.0, 2.0, 3.0, 5.0], [1.0, 2.0, 3.0, 4.0]
+    mx, my = sum(x) / 4, sum(y) / 4
+    r = (sum((a - mx) * (b - my) for a, b in zip(x, y))
+         / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y)))
+    import cryosamu_cli.training.loss as loss_module
+    old, loss_module.MIN_MASKED_VOXELS = loss_module.MIN_MASKED_VOXELS, 4
+    try:
+        assert float(masked_correlation_loss(output, target)) == pytest.approx(1 - r, abs=1e-12)
+    finally:
+        loss_module.MIN_MASKED_VOXELS = old
+
+
+def test_correlation_loss_gradient_matches_finite_differences():
+    output, target = _cubes(1)
+    output.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda o: masked_correlation_loss(o, target), (output,))
+    masked_correlation_loss(output, target).backward()
+    assert float(output.grad[target <= 0.05].abs().max()) == 0.0  # nothing flows outside
+
+
+def test_combined_loss_and_its_checks():
+    output, target = _cubes()
+    plain = training_loss(output, target, "smooth-l1")
+    both = training_loss(output, target, "smooth-l1+corr", corr_weight=0.5)
+    assert float(both - plain) == pytest.approx(0.5 * float(masked_correlation_loss(output, target)))
+    for bad in (dict(loss="l2"), dict(corr_weight=-1.0), dict(ema_decay=1.0)):
+        with pytest.raises(ConfigError):
+            train.train(data_dir=".", run_dir=".", config=_config(**bad))
+
+
+def test_ema_differs_from_raw_weights_and_loads_in_enhance(data_dir, tiny_config, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    config = _config(epochs=2, learning_rate=3e-3, crop_size=32, ema_decay=0.5,
+                     loss="smooth-l1+corr")
+    summary = train.train(data_dir=data_dir, run_dir=run, config=config, model_config=tiny_config)
+    assert summary["steps"] == 6 and all("ema_val_loss" in r for r in summary["history"])
+    raw = torch.load(run / "best.pt", weights_only=True)["state_dict"]
+    last = torch.load(run / "last.pt", weights_only=True)
+    ema = torch.load(run / "ema.pt", weights_only=True)["state_dict"]
+    assert (run / "best-ema.pt").is_file()
+    final = last["state_dict"]
+    assert any(not torch.equal(final[k], ema[k]) for k in final if final[k].is_floating_point())
+    assert int(last["ema"]["n_averaged"]) == 6
+    enhancer = load_enhancer(weights=str(run / "ema.pt"), device="cpu")
+    assert enhancer.weights_path == run / "ema.pt"
+    assert raw.keys() == ema.keys()
+
+
+def test_resumed_time_budget_run_continues_the_ema(data_dir, tiny_config, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    config = _config(time_budget_minutes=2.0 / 60, checkpoint_minutes=5.0, crop_size=32,
+                     ema_decay=0.9)
+    first = train.train(data_dir=data_dir, run_dir=run, config=config, model_config=tiny_config)
+    saved = torch.load(run / "last.pt", weights_only=True)["ema"]
+    assert int(saved["n_averaged"]) == first["steps"] > 0
+    second = train.train(data_dir=data_dir, run_dir=run, config=config, resume=True,
+                         model_config=tiny_config)
+    resumed = torch.load(run / "last.pt", weights_only=True)["ema"]
+    assert int(resumed["n_averaged"]) == second["steps"] > first["steps"]
