@@ -19,6 +19,7 @@ from pathlib import Path
 from cryosamu_cli.errors import DownloadError
 
 Progress = Callable[[int, "int | None"], None]
+OFFLINE_ENV = "CRYOSAMU_OFFLINE"
 EMDB_URL_ENV = "CRYOSAMU_EMDB_URL"
 RCSB_URL_ENV = "CRYOSAMU_RCSB_URL"
 EMDB_URL = "https://ftp.ebi.ac.uk/pub/databases/emdb/structures"
@@ -102,6 +103,11 @@ def _check(label: str, received: int, announced: int | None, size: int | None, d
                             f"{sha256[:12]}…; the file was discarded")
 
 
+def is_offline() -> bool:
+    """Whether ``CRYOSAMU_OFFLINE`` forbids downloads."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def ensure_writable(folder: Path, hint: str) -> None:
     """Create ``folder`` or explain (with ``hint``) how to choose another one."""
     import tempfile
@@ -124,10 +130,48 @@ def resolve_map(path: Path, cache: Path, progress: Progress | None = None) -> Pa
     target = cache / "emdb" / f"emd_{number}.map.gz"
     if not target.is_file():
         ensure_writable(target.parent, "set CRYOSAMU_CACHE_DIR to a writable folder")
-        root = os.environ.get(EMDB_URL_ENV, EMDB_URL).rstrip("/")
-        fetch(f"{root}/EMD-{number}/map/emd_{number}.map.gz", target, progress=progress,
+        fetch(f"{emdb_entry_url(number)}/map/{target.name}", target, progress=progress,
               label=f"EMD-{number}")
     return target
+
+
+def without_map_suffix(name: str) -> str:
+    """``EMD-1997.map`` → ``EMD-1997`` (``.map``, ``.mrc``, optionally ``.gz``, dropped)."""
+    return re.sub(r"\.(map|mrc)(\.gz)?$", "", name, flags=re.IGNORECASE)
+
+
+def emdb_entry_url(number: str) -> str:
+    """The EMDB folder of entry ``number`` (``$CRYOSAMU_EMDB_URL`` overrides the server)."""
+    return f"{os.environ.get(EMDB_URL_ENV, EMDB_URL).rstrip('/')}/EMD-{number}"
+
+
+def resolve_emdb_entry(entry: str, cache: Path, progress: Progress | None = None) -> Path:
+    """The map of EMDB entry ``entry`` (``EMD-1997``, ``emd_1997``, ``EMD-1997.map``) in
+    ``cache/emdb``, fetched with its header XML (``emd-NNNN-v30.xml``, beside it, where the
+    resolution is read from) when not there yet.
+
+    Raises:
+        DownloadError: Not an EMDB ID; offline (``CRYOSAMU_OFFLINE``) and not cached (says
+            what to download); or the download failed.
+    """
+    match = EMDB_ID.match(without_map_suffix(entry))
+    if match is None:
+        raise DownloadError(f"{entry} is neither a file nor an EMDB ID (EMD-NNNN)")
+    number = match.group(1)
+    folder = cache / "emdb"
+    map_path, header = folder / f"emd_{number}.map.gz", folder / f"emd-{number}-v30.xml"
+    missing = [p for p in (map_path, header) if not p.is_file()]
+    if missing and is_offline():
+        raise DownloadError(
+            f"EMD-{number} is not in the cache ({folder}) and {OFFLINE_ENV} is set: download "
+            f"{' and '.join(p.name for p in missing)} from {emdb_entry_url(number)}/ "
+            f"(map/, header/) into that folder, or pass the map's path")
+    if missing:
+        ensure_writable(folder, "set CRYOSAMU_CACHE_DIR to a writable folder")
+    if not header.is_file():
+        fetch(f"{emdb_entry_url(number)}/header/{header.name}", header, progress=progress,
+              label=f"EMD-{number} header")
+    return resolve_map(Path(f"EMD-{number}"), cache, progress)
 
 
 def resolve_model(path: Path, cache: Path, progress: Progress | None = None) -> Path:

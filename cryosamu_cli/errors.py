@@ -39,3 +39,11 @@ class ResourceError(CryosamuError):
 
 class NumericalError(CryosamuError):
     """The network produced NaN or Inf (an overflow at reduced precision, or broken weights)."""
+
+
+class MetadataError(CryosamuError):
+    """An EMDB header XML (or other metadata beside a map) that cannot be read."""
+
+
+class ResolutionUnknownError(CryosamuError):
+    """No resolution was given and the map shows none that can be measured."""

@@ -22,12 +22,12 @@ from typing import Any
 import platformdirs
 
 from cryosamu_cli import download
+from cryosamu_cli.download import OFFLINE_ENV, is_offline
 from cryosamu_cli.atomic import atomic_target, write_text_atomic
 from cryosamu_cli.errors import ConfigError, WeightsError
 
 CHECKPOINT_FORMAT = 1
 CACHE_ENV = "CRYOSAMU_CACHE_DIR"
-OFFLINE_ENV = "CRYOSAMU_OFFLINE"
 MIRROR_ENV = "CRYOSAMU_WEIGHTS_URL"
 _CHUNK = 1 << 20
 
@@ -150,11 +150,6 @@ def cache_dir() -> Path:
     """Where downloaded weights live: ``$CRYOSAMU_CACHE_DIR`` or the platform's user cache."""
     override = os.environ.get(CACHE_ENV)
     return Path(override) if override else Path(platformdirs.user_cache_dir("cryosamu"))
-
-
-def is_offline() -> bool:
-    """Whether ``CRYOSAMU_OFFLINE`` forbids downloads."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def resolve_weights(weights: str | os.PathLike | None = None, *, name: str | None = None,

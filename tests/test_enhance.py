@@ -52,7 +52,7 @@ def test_pass_through_enhance_keeps_the_real_maps_grid(shared_data, tmp_path, ti
     source = shared_data / relative
     out = tmp_path / "out.mrc"
     result = enhance.enhance_map(input_path=source, output_path=out, weights=tiny_checkpoint,
-                                 device="cpu", batch_size=8)
+                                 device="cpu", batch_size=8, resolution="none")
     assert _header(out) == _header(source)
     written, _ = mapio.read_map(out)
     expected = _expected_normalised(source)
@@ -84,7 +84,8 @@ def test_real_network_enhances_the_example_map(tmp_path, tiny_checkpoint):
     assert g.shape_zyx == (64, 56, 56) and np.isfinite(written).all() and written.std() > 0
     assert result.cubes_total == 8 and seen[-1] == (result.cubes_run, result.cubes_run)
     assert result.normalisation_scale > 0
-    assert g.labels[-1].endswith("enhanced, input units, full band, fp32")
+    assert g.labels[-1].endswith("(estimated from the map), fp32")  # no --resolution given
+    assert result.resolution.source == "estimated from the map"
     normalised = enhance.enhance_map(input_path=source, output_path=tmp_path / "n.mrc",
                                      weights=tiny_checkpoint, density_scale="normalised")
     label = mapio.read_map(normalised.output_path)[1].labels[-1]

@@ -17,6 +17,8 @@ app = typer.Typer()
 
 EXAMPLE = """cryosamu enhance emd_24496.map -o emd_24496_enhanced.mrc --resolution 4.0
 
+cryosamu enhance EMD-1997          # fetched from EMDB; writes emd_1997_enhanced.mrc
+
 cryosamu enhance maps/*.map --output-dir enhanced/ --resolution resolutions.csv
 
 cryosamu enhance maps/*.map --output-dir enhanced/ --skip-existing
@@ -31,9 +33,11 @@ cryosamu enhance map.mrc -o out.mrc --mask ligand_mask.mrc --mask-mode keep-insi
 @app.command("enhance", epilog=epilog(EXAMPLE))
 def enhance_cmd(
     inputs: Annotated[list[Path], typer.Argument(
-        metavar="INPUT...", help="Maps to enhance (.mrc/.map/.ccp4, or .gz); globs allowed.")],
+        metavar="INPUT...", help="Maps to enhance (.mrc/.map/.ccp4, or .gz; globs allowed), or "
+        "EMDB IDs (EMD-1997): fetched with their header, whose resolution is used.")],
     output_path: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", dir_okay=False, help="Enhanced map to write (one INPUT).")] = None,
+        "--output", "-o", dir_okay=False, help="Enhanced map to write (one INPUT; default "
+        "<name>_enhanced.mrc beside it, or here for an EMDB ID).")] = None,
     output_dir: Annotated[Optional[Path], typer.Option(
         "--output-dir", file_okay=False, help="Folder for <name>_enhanced.mrc (any number of "
         "INPUTs).")] = None,
@@ -91,9 +95,13 @@ def enhance_cmd(
                          cube_size=cube_size, core_size=core_size, threads=threads,
                          confidence=confidence, precision=precision)
     with user_errors(), _ProgressBars(quiet) as bars:
-        paths = batch.expand_inputs(inputs)
-        if (output_path is None) == (output_dir is None):
-            raise ConfigError("give either -o OUTPUT (one map) or --output-dir DIR")
+        paths = batch.expand_inputs(inputs, **bars.callbacks(download=True, maps=False))
+        if output_path is not None and output_dir is not None:
+            raise ConfigError("give either -o OUTPUT (one map) or --output-dir DIR, not both")
+        if output_path is None and output_dir is None:
+            if len(paths) != 1:
+                raise ConfigError(f"{len(paths)} maps need --output-dir DIR")
+            output_path = batch.default_output_path(inputs[0], paths[0])
         if output_path is not None and len(paths) != 1:
             raise ConfigError(f"-o takes one INPUT but {len(paths)} were given; use --output-dir")
         several_devices = "," in device or device.strip().lower() == "cuda:all"
@@ -143,7 +151,8 @@ def _print_table(outcomes) -> None:
                                                                                "failed")}
     console.print(f"{len(outcomes)} maps: {count['ok']} enhanced, {count['skipped']} skipped "
                   f"(output exists), {count['failed']} failed")
-    unlimited = [o for o in outcomes if o.result and o.result.resolution.source == "not given"]
+    unlimited = [o for o in outcomes if o.result and o.result.resolution.resolution_A is None
+                 and o.result.resolution.source != "--resolution none"]
     if unlimited:
         console.print(f"{len(unlimited)} map(s) written with the "
                       f"{unlimited[0].result.resolution.summary()}")
@@ -167,11 +176,12 @@ class _ProgressBars:
     def __exit__(self, *exc_info) -> None:
         self.bar.stop()
 
-    def callbacks(self, download: bool) -> dict:
-        """Keyword arguments for the library's progress hooks (none when quiet)."""
+    def callbacks(self, download: bool, maps: bool = True) -> dict:
+        """Keyword arguments for the library's progress hooks (none when quiet): the cube
+        bar and estimate (``maps``) and the download bar (``download``)."""
         if self.quiet:
             return {}
-        hooks = {"progress": self.cubes, "on_estimate": self.estimate}
+        hooks = {"progress": self.cubes, "on_estimate": self.estimate} if maps else {}
         return {**hooks, "download_progress": self.download} if download else hooks
 
     def new_map(self, path: Path, index: int, count: int) -> None:
@@ -196,5 +206,5 @@ class _ProgressBars:
     def download(self, done: int, total: int | None) -> None:
         self.bar.start()
         if self.download_task is None:
-            self.download_task = self.bar.add_task("weights download (bytes)", total=total)
+            self.download_task = self.bar.add_task("download (bytes)", total=total)
         self.bar.update(self.download_task, completed=done, total=total)

@@ -151,21 +151,41 @@ def _enhance_on_devices(devices: list[str], *, input_paths: list[Path], threads:
     return [by_index[i] for i in range(len(input_paths))]
 
 
-def expand_inputs(patterns: Sequence[str | os.PathLike]) -> list[Path]:
-    """Input paths with glob patterns (``'maps/*.map'``, quoted from the shell) expanded.
+def expand_inputs(patterns: Sequence[str | os.PathLike],
+                  download_progress=None) -> list[Path]:
+    """Input paths: an existing file as it is (even with ``[`` or ``*`` in its name), glob
+    patterns (``'maps/*.map'``, quoted from the shell) expanded, and EMDB IDs (``EMD-1997``)
+    fetched with their header XML into the cache
+    (:func:`cryosamu_cli.download.resolve_emdb_entry`).
 
     Raises:
         ConfigError: A pattern matches no file.
+        DownloadError: An EMDB entry cannot be had.
     """
     import glob
 
+    from cryosamu_cli import download
+    from cryosamu_cli.weights import cache_dir
+
     paths: list[Path] = []
     for pattern in map(str, patterns):
-        if glob.has_magic(pattern):
+        if Path(pattern).exists():
+            paths.append(Path(pattern))
+        elif glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern))
             if not matches:
                 raise ConfigError(f"no file matches {pattern}")
             paths.extend(Path(m) for m in matches)
+        elif download.EMDB_ID.match(download.without_map_suffix(Path(pattern).name)):
+            paths.append(download.resolve_emdb_entry(pattern, cache_dir(), download_progress))
         else:
             paths.append(Path(pattern))
     return paths
+
+
+def default_output_path(argument: str | os.PathLike, input_path: Path) -> Path:
+    """Where one map's output goes without ``-o``: ``<name>_enhanced.mrc`` beside the input,
+    or in the current folder for a map fetched from EMDB (``emd_1997_enhanced.mrc``)."""
+    if Path(argument).exists():
+        return output_path_for(input_path, input_path.parent)
+    return output_path_for(Path(input_path.name.removesuffix(".gz")), Path.cwd())

@@ -129,8 +129,8 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
             ``fp32``, ``bf16`` or ``fp16`` (:func:`cryosamu_cli.device.resolve_precision`).
         resolution: The map's resolution in Å (the output is limited to it), ``none`` (the
             network's full band), a CSV of path,resolution, or None: the half-map FSC = 0.143
-            resolution with ``half2_path``, else the full band
-            (:mod:`cryosamu_cli.enhance.resolution`).
+            resolution with ``half2_path``, else an EMDB header beside the map, else an
+            estimate from the map (:mod:`cryosamu_cli.enhance.resolution`).
         density_scale: ``input`` (the output in the input's units, its 99.9th percentile of
             positive density matched to the input's) or ``normalised`` (the network's scale).
         band_edge: The band limit's edge (:func:`cryosamu_cli.grid.low_pass_weights`).
@@ -151,7 +151,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
     memory.check_enhance_fits(grid.shape_zyx, grid.voxel_size_zyx)
     half_map_resolution = fsc_curve.resolution_at(FSC_THRESHOLD) if fsc_curve else None
     limit = resolution_ops.choose_resolution(request, input_path, half_map_resolution,
-                                             grid.voxel_size_zyx)
+                                             grid.voxel_size_zyx, data)
     mask = _read_mask(mask_path, grid)
     clock.lap("read")
     from cryosamu_cli.enhance.predictor import load_enhancer

@@ -1,10 +1,12 @@
 """Which resolution limits the enhanced map, and where that number came from.
 
 ``enhance --resolution`` takes a value in Å for every map, ``none`` (the network's full band),
-or a CSV file of ``path,resolution`` rows for many maps. Without it, half maps give their
-FSC = 0.143 resolution; with neither, the full band is written and the summary says how to
-limit it. The chosen :class:`ResolutionChoice` is recorded in the summary line, the half-map
-JSON and the output's header label.
+or a CSV file of ``path,resolution`` rows for many maps. Without it, in this order: half maps
+give their FSC = 0.143 resolution; an EMDB header XML beside the map gives the resolution EMDB
+records (:mod:`cryosamu_cli.enhance.emdb_header`); else it is estimated from the map
+(:mod:`cryosamu_cli.enhance.resolution_estimate`); a map that shows none gets the full band and
+a line saying so. The chosen :class:`ResolutionChoice` is recorded in the summary line, the JSON outputs
+and the output's header label.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryosamu_cli.errors import ConfigError
+import numpy as np
 
+from cryosamu_cli.enhance import emdb_header, resolution_estimate
+from cryosamu_cli.errors import ConfigError, ResolutionUnknownError
+
+NOT_ESTIMABLE = "not estimable"  # the source of a full band when nothing gives a resolution
 # The network works on a 1 Å grid: nothing finer than its Nyquist limit can be written.
 FINEST_RESOLUTION_A = 2.0
 
@@ -27,15 +33,21 @@ class ResolutionChoice:
 
     resolution_A: float | None
     source: str
+    note: str = ""
 
     def summary(self) -> str:
-        """Words for the summary line."""
+        """Words for the summary line (with the note, e.g. a low-confidence estimate's)."""
         if self.resolution_A is None:
             if self.source == "not given":
                 return ("full band: no --resolution given (pass the map's reported "
                         "resolution, --resolution R, to write only what the data support)")
+            if self.source == NOT_ESTIMABLE:
+                return ("full band: the map's resolution cannot be estimated (no "
+                        "post-processing edge, no signal above the solvent's noise); give it "
+                        "with --resolution R to write only what the data support")
             return "full band (--resolution none)"
-        return f"limited to {self.resolution_A:.2f} Å ({self.source})"
+        note = f"; {self.note}" if self.note else ""
+        return f"limited to {self.resolution_A:.2f} Å ({self.source}){note}"
 
     def label(self) -> str:
         """Words for the header label (ASCII, short)."""
@@ -45,7 +57,8 @@ class ResolutionChoice:
 
     def to_dict(self) -> dict:
         """For JSON reports."""
-        return {"resolution_A": self.resolution_A, "resolution_source": self.source}
+        return {"resolution_A": self.resolution_A, "resolution_source": self.source,
+                "resolution_note": self.note or None}
 
 
 @dataclass(frozen=True)
@@ -126,16 +139,18 @@ def _read_csv(path: Path) -> dict[str, float | None]:
 
 
 def choose_resolution(request: ResolutionRequest, input_path: str | os.PathLike,
-                      half_map_resolution_A: float | None,
-                      voxel_size_zyx: tuple[float, ...]) -> ResolutionChoice:
+                      half_map_resolution_A: float | None, voxel_size_zyx: tuple[float, ...],
+                      data: np.ndarray | None = None) -> ResolutionChoice:
     """The resolution for one map, checked against what its grid can hold.
 
     Order: a value or CSV row given by the user; else the half-map FSC = 0.143 resolution;
-    else the full band, saying so.
+    else an EMDB header XML beside the map; else an estimate from ``data`` (the map
+    ``[z, y, x]``); else (no data, or a map that shows no resolution) the full band, saying so.
 
     Raises:
         ConfigError: The map is missing from the CSV, or the resolution is finer than the
             map's (or the network grid's) Nyquist limit.
+        MetadataError: The EMDB header beside the map cannot be read.
     """
     if request.full_band:
         return ResolutionChoice(None, "--resolution none")
@@ -143,10 +158,38 @@ def choose_resolution(request: ResolutionRequest, input_path: str | os.PathLike,
         return _checked(_from_csv(request, Path(input_path)), voxel_size_zyx)
     if request.value_A is not None:
         return _checked(ResolutionChoice(request.value_A, "--resolution"), voxel_size_zyx)
+    finest = nyquist_limit_A(voxel_size_zyx)
     if half_map_resolution_A is not None:
-        finest = nyquist_limit_A(voxel_size_zyx)
         return ResolutionChoice(max(half_map_resolution_A, finest), "half-map FSC=0.143")
-    return ResolutionChoice(None, "not given")
+    header = _header_resolution(input_path)
+    if header is not None:
+        return ResolutionChoice(max(header[0], finest), f"EMDB header {header[1]}")
+    if data is None:
+        return ResolutionChoice(None, "not given")
+    return _estimated(data, voxel_size_zyx, finest)
+
+
+def _header_resolution(input_path: str | os.PathLike) -> tuple[float, str] | None:
+    """(resolution, XML file name) of an EMDB header beside the map that records one."""
+    path = emdb_header.header_beside(input_path)
+    if path is None:
+        return None
+    header = emdb_header.read_header(path)
+    return (header.resolution_A, path.name) if header.resolution_A is not None else None
+
+
+def _estimated(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
+               finest: float) -> ResolutionChoice:
+    """The resolution estimated from the map, with a note when the estimate is weak."""
+    try:
+        estimate = resolution_estimate.estimate_resolution(data, voxel_size_zyx)
+    except ResolutionUnknownError:
+        return ResolutionChoice(None, NOT_ESTIMABLE)
+    note = ("" if estimate.confident else
+            f"low confidence ({estimate.method}, {estimate.detail}): if you know the map's "
+            "resolution, give it with --resolution R")
+    return ResolutionChoice(round(max(estimate.resolution_A, finest), 2),
+                            "estimated from the map", note)
 
 
 def _from_csv(request: ResolutionRequest, input_path: Path) -> ResolutionChoice:

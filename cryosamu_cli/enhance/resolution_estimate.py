@@ -10,8 +10,8 @@ Two signatures of the resolution; the second wins where it falls below the first
    frequency of the steepest fall is ``1/R``.
 2. **Where the signal meets the noise.** In a raw map the noise also fills the solvent. The
    power per voxel inside the molecule (signal + noise) and in the solvent (noise) give the
-   spectral signal-to-noise ratio of the whole box; ``R`` is where it falls to that of an
-   FSC = 0.143 shell, ``2 · 0.143 / (1 − 0.143)`` (as MonoRes compares molecule and solvent,
+   spectral signal-to-noise ratio of the whole box; ``R`` is where a line fitted to its log
+   against s² falls to that of an FSC = 0.143 shell, ``2 · 0.143 / (1 − 0.143)`` (as MonoRes compares molecule and solvent,
    here one global figure). Searched only up to the edge of 1 when there is one: signal that
    is lost in the noise before a low-pass edge says the edge is not the map's resolution.
 
@@ -26,19 +26,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from cryosamu_cli.errors import CryosamuError
+from cryosamu_cli.errors import ResolutionUnknownError
 from cryosamu_cli.grid import shell_index
 
 # A full map whose half maps correlate 0.143 in a shell has this signal-to-noise ratio there.
 SNR_AT_RESOLUTION = 2 * 0.143 / (1 - 0.143)
 COARSEST_A = 12.0  # no estimate coarser than this (the model works at 4–8 Å)
 EDGE_MIN_SLOPE = 4.0  # decades of amplitude per e-fold of frequency: a low-pass edge, not a B
+EDGE_OVERRIDE = 1.3  # the noise must meet the signal this far below an edge to overrule it
 MIN_SOLVENT_FRACTION = 0.08  # of the box, for the signal-to-noise estimate
-CONFIDENT_SNR_DROP = 1.5  # decades the box SNR falls over the band it is measured in
-
-
-class ResolutionUnknownError(CryosamuError):
-    """The map shows no resolution that can be measured."""
+FIT_SNR_RANGE = (0.08, 1.2)  # the shells around the threshold that the line is fitted to
+CONFIDENT_FIT_RESIDUAL = 0.35  # s.d. of ln SNR about the fitted line, for a confident estimate
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,8 @@ def estimate_resolution(data: np.ndarray, voxel_size_zyx: tuple[float, ...]) -> 
     # (of a map later blurred or reprocessed), not what the data hold.
     solvent = solvent_noise_crossing(data, voxel_size_zyx,
                                      edge.resolution_A if edge is not None else finest)
-    if solvent is not None:
+    if solvent is not None and (edge is None
+                                or solvent.resolution_A > EDGE_OVERRIDE * edge.resolution_A):
         return solvent
     if edge is not None:
         return edge
@@ -154,17 +153,27 @@ def solvent_noise_crossing(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
     frequency, power_in = _power_per_voxel(centred, molecule, voxel_size_zyx)
     _, power_out = _power_per_voxel(centred, solvent, voxel_size_zyx)
     signal = (power_in - power_out) * float(molecule.mean())
-    snr = _smoothed(signal / np.maximum(power_out, 1e-30))
-    band = (frequency >= 1.0 / COARSEST_A) & (frequency <= 1.0 / finest_A)
-    if not band.any() or snr[band][0] < SNR_AT_RESOLUTION:
+    snr = signal / np.maximum(power_out, 1e-30)
+    band = ((frequency >= 1.0 / COARSEST_A) & (frequency <= 1.0 / finest_A)
+            & (snr > FIT_SNR_RANGE[0]) & (snr < FIT_SNR_RANGE[1]))
+    if band.sum() < 3:
         return None
-    crossing = _first_crossing(frequency, np.log10(np.maximum(snr, 1e-12)),
-                               np.log10(SNR_AT_RESOLUTION), 1.0 / COARSEST_A)
-    if crossing >= frequency[band][-1]:
-        return None  # never falls within the band the map holds
-    fall = float(np.log10(max(snr[band][0], 1e-12)) - np.log10(max(snr[band].min(), 1e-12)))
-    return ResolutionEstimate(max(1.0 / crossing, finest_A), "signal/noise in the solvent",
-                              fall >= CONFIDENT_SNR_DROP and solvent.mean() >= 0.2,
+    # log SNR falls about linearly in s² near the threshold (a B-factor's fall-off over a flat
+    # noise ratio): a line through the shells around it, not the first noisy shell below it
+    slope, intercept = np.polyfit(frequency[band] ** 2, np.log(snr[band]), 1)
+    if slope >= 0 or intercept <= np.log(SNR_AT_RESOLUTION):
+        return None
+    crossing = float(np.sqrt((np.log(SNR_AT_RESOLUTION) - intercept) / slope))
+    fitted = frequency[band]
+    if not fitted[0] / 1.2 <= crossing <= fitted[-1] * 1.2:  # no far extrapolation: the
+        crossing = _first_crossing(frequency, np.log(np.maximum(_smoothed(snr), 1e-12)),  # curve
+                                   np.log(SNR_AT_RESOLUTION), 1.0 / COARSEST_A)
+    if crossing > 1.0 / finest_A:
+        return None  # the signal outlasts the band the map holds
+    residual = float(np.std(np.log(snr[band]) - (slope * frequency[band] ** 2 + intercept)))
+    return ResolutionEstimate(min(max(1.0 / crossing, finest_A), COARSEST_A),
+                              "signal/noise in the solvent",
+                              residual < CONFIDENT_FIT_RESIDUAL and solvent.mean() >= 0.2,
                               f"solvent {100 * solvent.mean():.0f} % of the box")
 
 

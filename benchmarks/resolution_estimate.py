@@ -1,0 +1,133 @@
+"""How well the bare ``enhance`` finds a map's resolution, and what that does to the map.
+
+Part 1, the estimator (:mod:`cryosamu_cli.enhance.resolution_estimate`) against known
+resolutions: every ``train`` pair of a pairs CSV degraded to 4.5, 6 and 8 Å in three kinds (raw:
+blur + noise; post-processed: then low-passed at R; post-processed + masked: the input's mask
+kept, or a soft molecular mask), and every real map at its own listed resolution. Median and
+worst relative error per kind.
+
+Part 2, map quality on the validation maps (the ``train`` pairs of the validation split, never
+``eval``), degraded to 4.5–8 Å raw and post-processed: the shipped network enhanced once, then
+band-limited at the known R (``enhance --resolution R``) and at the estimated R (the bare
+command), against the degraded map and that map low-passed at R. CC_box / CC_mask as the model
+card's validation scores them (:mod:`cryosamu_cli.training.validation`).
+
+    python benchmarks/resolution_estimate.py ../shared/data/pairs.csv         # ~10 min, 2 cores
+    python benchmarks/resolution_estimate.py ../shared/data/pairs.csv --part 1
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import numpy as np
+
+from cryosamu_cli import grid, mapio
+from cryosamu_cli.data import degrade
+from cryosamu_cli.data.pairs import read_pairs
+from cryosamu_cli.enhance import predictor
+from cryosamu_cli.enhance.pipeline import BAND_EDGE
+from cryosamu_cli.enhance.resolution_estimate import estimate_resolution, molecule_and_solvent
+from cryosamu_cli.errors import ResolutionUnknownError
+from cryosamu_cli.training import validation
+
+KINDS = ("raw", "post-processed", "post-processed + masked")
+RESOLUTIONS_A = (4.5, 6.0, 8.0)
+VALIDATION_PAIRS = ("emd-1461", "emd-1461-96o", "emd-2566")  # training/pairs-v2.csv's val split
+VALIDATION_DEGRADATIONS = ((4.5, True), (5.0, True), (6.0, False), (6.5, False), (8.0, True))
+
+
+def degraded(data: np.ndarray, voxel: tuple, resolution_A: float, kind: str,
+             seed: int) -> np.ndarray:
+    """``data`` brought to ``resolution_A`` as ``kind`` says."""
+    masked = kind.endswith("masked")
+    out, _ = degrade.degraded_real_map(data, voxel, resolution_A, seed=seed,
+                                       low_pass=kind != "raw", keep_mask=masked)
+    if masked and degrade.background_mask(data) is None:
+        molecule, _ = molecule_and_solvent(data, voxel)
+        out = out * grid.soft_mask(molecule > 0.5, edge_voxels=3.0)
+    return out
+
+
+def estimated(data: np.ndarray, voxel: tuple) -> tuple[float, str]:
+    """(estimate in Å or NaN, method)."""
+    try:
+        estimate = estimate_resolution(data, voxel)
+    except ResolutionUnknownError:
+        return float("nan"), "none"
+    return estimate.resolution_A, estimate.method + ("" if estimate.confident else ", weak")
+
+
+def estimator_accuracy(pairs_csv: str) -> None:
+    """Part 1: the table of relative errors per kind, and the real maps at their own R."""
+    errors: dict[str, list[float]] = defaultdict(list)
+    train_pairs = read_pairs(pairs_csv, role="train")
+    for index, pair in enumerate(train_pairs):
+        data, info = mapio.read_map(pair.map_path)
+        voxel = info.voxel_size_zyx
+        for kind in KINDS:
+            for resolution_A in RESOLUTIONS_A:
+                value, method = estimated(degraded(data, voxel, resolution_A, kind,
+                                                   seed=index * 10 + int(resolution_A)), voxel)
+                errors[kind].append((value - resolution_A) / resolution_A)
+                print(f"  {pair.name:16s} {kind:24s} R {resolution_A:4.1f}  estimate "
+                      f"{value:5.2f} ({100 * errors[kind][-1]:+5.1f} %, {method})")
+    print("\n| kind | maps | median |error| | worst |error| | no estimate |\n|---|---|---|---|---|")
+    for kind, values in errors.items():
+        found = np.abs([v for v in values if np.isfinite(v)])
+        print(f"| {kind} | {len(values)} | {100 * np.median(found):.1f} % | "
+              f"{100 * found.max():.1f} % | {sum(not np.isfinite(v) for v in values)} |")
+    print("\n| map | listed R | estimate | method |\n|---|---|---|---|")
+    for pair in read_pairs(pairs_csv):
+        if pair.resolution_A is None:
+            continue
+        data, info = mapio.read_map(pair.map_path)
+        value, method = estimated(data, info.voxel_size_zyx)
+        print(f"| {pair.name} | {pair.resolution_A:g} | {value:.2f} | {method} |")
+
+
+def map_quality(pairs_csv: str, weights: str | None) -> None:
+    """Part 2: bare (estimated R) against --resolution R on the validation maps."""
+    pairs = [p for p in read_pairs(pairs_csv, role="train") if p.name in VALIDATION_PAIRS]
+    enhancer = predictor.load_enhancer(weights=weights, device="cpu", precision="fp32")
+    rows: dict[str, list[dict]] = defaultdict(list)
+    for vmap in validation.validation_maps(pairs, VALIDATION_DEGRADATIONS):
+        voxel = vmap.grid.voxel_size_zyx
+        on_1A = grid.resample_to_spacing(vmap.data, voxel)
+        full = enhancer.run(grid.normalise(on_1A, grid.normalisation_of(on_1A)))[0]
+        back = (grid.NETWORK_VOXEL_SIZE_A, vmap.grid.shape_zyx, voxel)
+        guess, method = estimated(vmap.data, voxel)
+        maps = {"degraded map": vmap.data,
+                "degraded map low-passed at R": grid.band_limit(vmap.data, voxel,
+                                                                vmap.resolution_A),
+                "enhance --resolution R": grid.resample_to_grid(
+                    grid.band_limit(full, (1.0,) * 3, vmap.resolution_A, BAND_EDGE), *back)}
+        if np.isfinite(guess):
+            maps["enhance (bare: estimated R)"] = grid.resample_to_grid(
+                grid.band_limit(full, (1.0,) * 3, guess, BAND_EDGE), *back)
+        print(f"\n{vmap.name}: estimate {guess:.2f} Å ({method})")
+        for label, data in maps.items():
+            scores = vmap.scores(data)
+            rows[label].append(scores)
+            print(f"  {label:30s} CC_box {scores['cc_box']:.3f}  CC_mask {scores['cc_mask']:.3f}")
+    print(f"\n| how it was run | maps | CC_box | CC_mask |\n|---|---|---|---|")
+    for label, scored in rows.items():
+        mean = validation.mean_scores(scored)
+        print(f"| {label} | {len(scored)} | {mean['cc_box']:.3f} | {mean['cc_mask']:.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pairs_csv")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--part", type=int, choices=(1, 2), default=None)
+    args = parser.parse_args()
+    if args.part in (None, 1):
+        estimator_accuracy(args.pairs_csv)
+    if args.part in (None, 2):
+        map_quality(args.pairs_csv, args.weights)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The resolution found when not given: estimated from the map (known band limits, real maps
+degraded to known resolutions), read from an EMDB header XML, and the order of the sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cryosamu_cli import grid, mapio
+from cryosamu_cli.cli.app import app
+from cryosamu_cli.data import degrade
+from cryosamu_cli.enhance import emdb_header, resolution_estimate
+from cryosamu_cli.enhance.resolution import (NOT_ESTIMABLE, ResolutionChoice, choose_resolution,
+                                              parse_resolution)
+from cryosamu_cli.errors import MetadataError, ResolutionUnknownError
+from tests.conftest import write_mrc
+
+runner = CliRunner()
+
+# An EMDB header in schema 3's layout (element names and nesting as EMDB writes them; values
+# made up for the test).
+HEADER_V30 = """<?xml version="1.0" encoding="UTF-8"?>
+<emd emdb_id="EMD-1997" version="3.0.8.1">
+  <admin><key_dates><deposition>2011-06-01</deposition></key_dates></admin>
+  <map format="CCP4" size_kbytes="3907">
+    <file>emd_1997.map.gz</file>
+    <dimensions><col>100</col><row>100</row><sec>100</sec></dimensions>
+    <pixel_spacing><x units="Å">2.02</x><y units="Å">2.02</y><z units="Å">2.02</z></pixel_spacing>
+  </map>
+  <structure_determination_list>
+    <structure_determination structure_determination_id="1">
+      <method>singleParticle</method>
+      <singleparticle_processing singleparticle_processing_id="1">
+        <final_reconstruction>
+          <resolution res_type="BY AUTHOR" units="Å">7.0</resolution>
+          <resolution_method>FSC 0.5 CUT-OFF</resolution_method>
+        </final_reconstruction>
+      </singleparticle_processing>
+    </structure_determination>
+  </structure_determination_list>
+  <interpretation>
+    <half_map_list>
+      <half_map format="CCP4"><file>emd_1997_half_map_1.map.gz</file></half_map>
+      <half_map format="CCP4"><file>emd_1997_half_map_2.map.gz</file></half_map>
+    </half_map_list>
+  </interpretation>
+</emd>
+"""
+HEADER_V19 = """<?xml version="1.0" encoding="UTF-8"?>
+<emdEntry accessCode="EMD-5168" version="1.9.6">
+  <map><file format="CCP4" sizeKb="3907">emd_5168.map.gz</file>
+    <pixelSpacing><pixelX units="A">1.742</pixelX><pixelY units="A">1.742</pixelY>
+      <pixelZ units="A">1.742</pixelZ></pixelSpacing></map>
+  <processing><reconstruction><resolutionByAuthor>6.6</resolutionByAuthor>
+    <resolutionMethod>FSC 0.5</resolutionMethod></reconstruction></processing>
+</emdEntry>
+"""
+
+
+def band_limited_noise(resolution_A: float, voxel_A: float = 1.2, size: int = 72,
+                       seed: int = 0) -> np.ndarray:
+    """White noise low-passed (hard) at ``resolution_A``: a map with an exactly known edge."""
+    noise = np.random.default_rng(seed).standard_normal((size,) * 3).astype(np.float32)
+    return grid.band_limit(noise, (voxel_A,) * 3, resolution_A)
+
+
+@pytest.mark.parametrize("resolution_A", [4.5, 6.0, 8.0])
+def test_low_passed_noise_gives_its_band_limit(resolution_A):
+    estimate = resolution_estimate.estimate_resolution(band_limited_noise(resolution_A),
+                                                       (1.2,) * 3)
+    assert estimate.method == "post-processing edge"
+    assert estimate.resolution_A == pytest.approx(resolution_A, rel=0.08)
+
+
+@pytest.mark.parametrize("kind", ["raw", "post-processed", "post-processed + masked"])
+def test_a_real_map_degraded_to_a_known_resolution(shared_data, kind):
+    data, info = mapio.read_map(shared_data / "pairs/emd-0093/emd_0093_MAP_m4A_cropped.mrc")
+    voxel = info.voxel_size_zyx
+    for resolution_A in (5.0, 7.0):
+        degraded, _ = degrade.degraded_real_map(data, voxel, resolution_A, seed=3,
+                                                low_pass=kind != "raw",
+                                                keep_mask=kind.endswith("masked"))
+        estimate = resolution_estimate.estimate_resolution(degraded, voxel)
+        tolerance = 0.2 if kind == "raw" else 0.1
+        assert estimate.resolution_A == pytest.approx(resolution_A, rel=tolerance), kind
+
+
+def test_a_map_of_constant_noise_has_no_estimate(tmp_path):
+    noise = np.random.default_rng(1).standard_normal((64,) * 3).astype(np.float32)
+    with pytest.raises(ResolutionUnknownError, match="--resolution R"):
+        resolution_estimate.estimate_resolution(noise, (1.2,) * 3)
+    with pytest.raises(ResolutionUnknownError):
+        resolution_estimate.estimate_resolution(np.full((40,) * 3, 3.0, np.float32), (1.0,) * 3)
+    noise_choice = choose_resolution(parse_resolution(None), tmp_path / "n.mrc", None,
+                                     (1.2,) * 3, noise)
+    assert noise_choice == ResolutionChoice(None, NOT_ESTIMABLE) and noise_choice.label() == \
+        "full band"
+
+
+def test_emdb_headers_of_both_schemas(tmp_path):
+    (tmp_path / "emd-1997-v30.xml").write_text(HEADER_V30, encoding="utf-8")
+    (tmp_path / "emd-5168.xml").write_text(HEADER_V19)
+    v30 = emdb_header.read_header(tmp_path / "emd-1997-v30.xml")
+    assert (v30.entry, v30.resolution_A, v30.voxel_size_A) == ("EMD-1997", 7.0, (2.02,) * 3)
+    assert v30.half_maps == ("emd_1997_half_map_1.map.gz", "emd_1997_half_map_2.map.gz")
+    v19 = emdb_header.read_header(tmp_path / "emd-5168.xml")
+    assert (v19.entry, v19.resolution_A, v19.voxel_size_A) == ("EMD-5168", 6.6, (1.742,) * 3)
+    assert emdb_header.header_beside(tmp_path / "emd_1997.map") == tmp_path / "emd-1997-v30.xml"
+    assert emdb_header.header_beside(tmp_path / "EMD-5168.mrc") == tmp_path / "emd-5168.xml"
+    assert emdb_header.header_beside(tmp_path / "map.mrc") is None
+    (tmp_path / "header").mkdir()
+    (tmp_path / "header" / "emd-1234-v30.xml").write_text(HEADER_V30)
+    assert emdb_header.header_beside(tmp_path / "emd_1234.map.gz") == \
+        tmp_path / "header" / "emd-1234-v30.xml"
+    assert [emdb_header.entry_number(n) for n in ("emd_1997.map", "EMD-12345", "1997.map",
+                                                  "myemd_12.mrc")] == ["1997", "12345", None, None]
+
+
+@pytest.mark.parametrize("broken", ["<emd emdb_id='EMD-1'><map>", "<pdbx/>",
+                                    HEADER_V30.replace(">7.0<", ">seven<")])
+def test_a_broken_header_is_one_error(tmp_path, broken):
+    path = tmp_path / "emd-1997.xml"
+    path.write_text(broken, encoding="utf-8")
+    with pytest.raises(MetadataError, match="emd-1997.xml"):
+        emdb_header.read_header(path)
+
+
+def test_sources_in_order_given_half_maps_header_estimate(tmp_path):
+    data = band_limited_noise(6.0, voxel_A=1.2, size=64)
+    voxel = (1.2,) * 3
+    map_path = tmp_path / "emd_1997.map"
+    (tmp_path / "emd-1997-v30.xml").write_text(HEADER_V30, encoding="utf-8")
+    assert choose_resolution(parse_resolution("5.5"), map_path, 4.4, voxel, data) == \
+        ResolutionChoice(5.5, "--resolution")
+    assert choose_resolution(parse_resolution(None), map_path, 4.4, voxel, data) == \
+        ResolutionChoice(4.4, "half-map FSC=0.143")
+    from_header = choose_resolution(parse_resolution(None), map_path, None, voxel, data)
+    assert from_header == ResolutionChoice(7.0, "EMDB header emd-1997-v30.xml")
+    assert from_header.label() == "res 7.00 A (EMDB header emd-1997-v30.xml)"
+    estimated = choose_resolution(parse_resolution(None), tmp_path / "other.mrc", None, voxel,
+                                  data)
+    assert estimated.source == "estimated from the map"
+    assert estimated.resolution_A == pytest.approx(6.0, rel=0.08)
+    assert estimated.label().endswith("A (estimated from the map)")
+
+
+def test_bare_enhance_names_the_estimate_and_says_when_there_is_none(tmp_path, tiny_checkpoint):
+    edge_map = tmp_path / "edge.mrc"
+    write_mrc(edge_map, band_limited_noise(6.0, size=48), voxel_size=(1.2,) * 3)
+    out = tmp_path / "out.mrc"
+    result = runner.invoke(app, ["enhance", str(edge_map), "-o", str(out), "--weights",
+                                 str(tiny_checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert "estimated from the map" in result.output
+    assert "(estimated from the map)" in mapio.read_map(out)[1].labels[-1]
+    noise_map, noise_out = tmp_path / "noise.mrc", tmp_path / "noise_out.mrc"
+    write_mrc(noise_map, np.random.default_rng(2).standard_normal((48,) * 3).astype(np.float32),
+              voxel_size=(1.2,) * 3)
+    result = runner.invoke(app, ["enhance", str(noise_map), "-o", str(noise_out), "--weights",
+                                 str(tiny_checkpoint)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "full band: the map's resolution cannot be estimated" in said  # no number made up
+    assert mapio.read_map(noise_out)[1].labels[-1].endswith("full band, fp32")
+    (tmp_path / "emd-4321.xml").write_text("<emd emdb_id='EMD-4321'><map>")
+    broken_map, broken_out = tmp_path / "emd_4321.map", tmp_path / "broken_out.mrc"
+    write_mrc(broken_map, band_limited_noise(6.0, size=48), voxel_size=(1.2,) * 3)
+    result = runner.invoke(app, ["enhance", str(broken_map), "-o", str(broken_out),
+                                 "--weights", str(tiny_checkpoint)])
+    assert result.exit_code == 1 and "emd-4321.xml" in result.output
+    assert len(result.output.strip().splitlines()) <= 3  # one line (wrapped at most)
+    assert not broken_out.exists()
+
+
+def test_enhance_an_emdb_id_through_a_local_mirror_and_offline(shared_data, tmp_path, http_server,
+                                                               monkeypatch, tiny_checkpoint):
+    import gzip
+
+    base, routes, hits = http_server
+    routes["/emdb/EMD-1997/map/emd_1997.map.gz"] = gzip.compress(
+        (shared_data / "pairs/emd-1997/1997.map").read_bytes())
+    routes["/emdb/EMD-1997/header/emd-1997-v30.xml"] = HEADER_V30.encode()
+    monkeypatch.setenv("CRYOSAMU_EMDB_URL", f"{base}/emdb")
+    monkeypatch.setenv("CRYOSAMU_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CRYOSAMU_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    offline_cache = tmp_path / "empty-cache"
+    monkeypatch.setenv("CRYOSAMU_OFFLINE", "1")
+    monkeypatch.setenv("CRYOSAMU_CACHE_DIR", str(offline_cache))
+    result = runner.invoke(app, ["enhance", "EMD-1997", "--weights", str(tiny_checkpoint)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "CRYOSAMU_OFFLINE" in said
+    assert "emd_1997.map.gz" in said and "emd-1997-v30.xml" in said and not hits
+    assert not (tmp_path / "emd_1997_enhanced.mrc").exists()
+    monkeypatch.delenv("CRYOSAMU_OFFLINE")
+    monkeypatch.setenv("CRYOSAMU_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["enhance", "emd_1997", "--weights", str(tiny_checkpoint)])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "emd_1997_enhanced.mrc"
+    data, info = mapio.read_map(written)
+    assert data.shape == (100, 100, 100) and info.voxel_size_zyx == pytest.approx((2.02,) * 3)
+    assert "res 7.00 A (EMDB header emd-1997-v30.xml)" in info.labels[-1]
+    assert "limited to 7.00 Å (EMDB header emd-1997-v30.xml)" in " ".join(result.output.split())
+    again = runner.invoke(app, ["enhance", "EMD-1997.map", "-o", "second.mrc", "--weights",
+                                str(tiny_checkpoint)])
+    assert again.exit_code == 0, again.output
+    assert hits == {"/emdb/EMD-1997/map/emd_1997.map.gz": 1,
+                    "/emdb/EMD-1997/header/emd-1997-v30.xml": 1}  # the cache serves the rerun
