@@ -137,12 +137,12 @@ def test_sources_in_order_given_half_maps_header_estimate(tmp_path):
         ResolutionChoice(4.4, "half-map FSC=0.143")
     from_header = choose_resolution(parse_resolution(None), map_path, None, voxel, data)
     assert from_header == ResolutionChoice(7.0, "EMDB header emd-1997-v30.xml")
-    assert from_header.label() == "res 7.00 A (EMDB header emd-1997-v30.xml)"
+    assert from_header.label() == "res 7.00 A (EMDB header)"
     estimated = choose_resolution(parse_resolution(None), tmp_path / "other.mrc", None, voxel,
                                   data)
     assert estimated.source == "estimated from the map"
     assert estimated.resolution_A == pytest.approx(6.0, rel=0.08)
-    assert estimated.label().endswith("A (estimated from the map)")
+    assert estimated.label().endswith("A (estimated)")
 
 
 def test_bare_enhance_names_the_estimate_and_says_when_there_is_none(tmp_path, tiny_checkpoint):
@@ -153,7 +153,7 @@ def test_bare_enhance_names_the_estimate_and_says_when_there_is_none(tmp_path, t
                                  str(tiny_checkpoint)])
     assert result.exit_code == 0, result.output
     assert "estimated from the map" in result.output
-    assert "(estimated from the map)" in mapio.read_map(out)[1].labels[-1]
+    assert "(estimated)" in mapio.read_map(out)[1].labels[-1]
     noise_map, noise_out = tmp_path / "noise.mrc", tmp_path / "noise_out.mrc"
     write_mrc(noise_map, np.random.default_rng(2).standard_normal((48,) * 3).astype(np.float32),
               voxel_size=(1.2,) * 3)
@@ -200,7 +200,7 @@ def test_enhance_an_emdb_id_through_a_local_mirror_and_offline(shared_data, tmp_
     written = tmp_path / "emd_1997_enhanced.mrc"
     data, info = mapio.read_map(written)
     assert data.shape == (100, 100, 100) and info.voxel_size_zyx == pytest.approx((2.02,) * 3)
-    assert "res 7.00 A (EMDB header emd-1997-v30.xml)" in info.labels[-1]
+    assert "res 7.00 A (EMDB header)" in info.labels[-1]
     assert "limited to 7.00 Å (EMDB header emd-1997-v30.xml)" in " ".join(result.output.split())
     again = runner.invoke(app, ["enhance", "EMD-1997.map", "-o", "second.mrc", "--weights",
                                 str(tiny_checkpoint)])

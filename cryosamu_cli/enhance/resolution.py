@@ -22,6 +22,7 @@ import numpy as np
 from cryosamu_cli.enhance import emdb_header, resolution_estimate
 from cryosamu_cli.errors import ConfigError, ResolutionUnknownError
 
+ESTIMATED = "estimated from the map"
 NOT_ESTIMABLE = "not estimable"  # the source of a full band when nothing gives a resolution
 # The network works on a 1 Å grid: nothing finer than its Nyquist limit can be written.
 FINEST_RESOLUTION_A = 2.0
@@ -50,10 +51,12 @@ class ResolutionChoice:
         return f"limited to {self.resolution_A:.2f} Å ({self.source}){note}"
 
     def label(self) -> str:
-        """Words for the header label (ASCII, short)."""
+        """Words for the header label (ASCII, short: a label holds 80 characters)."""
         if self.resolution_A is None:
             return "full band"
-        return f"res {self.resolution_A:.2f} A ({self.source})"
+        source = ("EMDB header" if self.source.startswith("EMDB header")
+                  else "estimated" if self.source == ESTIMATED else self.source)
+        return f"res {self.resolution_A:.2f} A ({source})"
 
     def to_dict(self) -> dict:
         """For JSON reports."""
@@ -189,7 +192,7 @@ def _estimated(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
             f"low confidence ({estimate.method}, {estimate.detail}): if you know the map's "
             "resolution, give it with --resolution R")
     return ResolutionChoice(round(max(estimate.resolution_A, finest), 2),
-                            "estimated from the map", note)
+                            ESTIMATED, note)
 
 
 def _from_csv(request: ResolutionRequest, input_path: Path) -> ResolutionChoice:
