@@ -104,3 +104,34 @@ def test_resumed_time_budget_run_continues_the_ema(data_dir, tiny_config, tmp_pa
                          model_config=tiny_config)
     resumed = torch.load(run / "last.pt", weights_only=True)["ema"]
     assert int(resumed["n_averaged"]) == second["steps"] > first["steps"]
+
+
+def test_checkpoints_are_chosen_by_the_real_maps_when_scored_else_by_the_loss(tiny_config,
+                                                                             tmp_path):
+    """Records whose real-map score and cube loss disagree: best.pt follows real_cc."""
+    from cryosamu_cli.model.unet import UNet3D
+    from cryosamu_cli.training.run_folder import Progress, log_and_save
+
+    model = UNet3D.from_config(tiny_config)
+    optimiser = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
+    progress = Progress()
+    # step 1: worse loss, better maps; step 2: better loss, worse maps; step 3: best maps
+    records = [{"val_loss": 0.5, "real_cc": 0.70}, {"val_loss": 0.1, "real_cc": 0.60},
+               {"val_loss": 0.9, "real_cc": 0.75}]
+    chosen = []
+    for step, record in enumerate(records, 1):
+        progress.step = step
+        log_and_save(record, model, optimiser, scheduler, progress, {}, tmp_path)
+        chosen.append(torch.load(tmp_path / "best.pt", weights_only=True)["step"])
+    assert chosen == [1, 1, 3]
+    assert progress.best_real_cc == 0.75 and progress.best_val_loss == 0.1
+    without_maps = Progress()
+    (tmp_path / "cubes").mkdir()
+    chosen = []
+    for step, loss in enumerate((0.5, 0.1, 0.9), 1):
+        without_maps.step = step
+        log_and_save({"val_loss": loss}, model, optimiser, scheduler, without_maps, {},
+                     tmp_path / "cubes")
+        chosen.append(torch.load(tmp_path / "cubes" / "best.pt", weights_only=True)["step"])
+    assert chosen == [1, 2, 2]

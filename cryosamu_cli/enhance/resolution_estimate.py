@@ -66,13 +66,15 @@ def estimate_resolution(data: np.ndarray, voxel_size_zyx: tuple[float, ...]) -> 
     finest = 2.0 * max(voxel_size_zyx)
     frequency, amplitude = amplitude_spectrum(data, voxel_size_zyx)
     edge = post_processing_edge(frequency, amplitude, finest)
-    # Signal that fades into the noise before the edge: the edge is an earlier low-pass
-    # (of a map later blurred or reprocessed), not what the data hold.
-    solvent = solvent_noise_crossing(data, voxel_size_zyx,
-                                     edge.resolution_A if edge is not None else finest)
-    if solvent is not None and (edge is None
-                                or solvent.resolution_A > EDGE_OVERRIDE * edge.resolution_A):
-        return solvent
+    snr = box_snr(data, voxel_size_zyx)
+    if edge is None:
+        solvent = solvent_noise_crossing(*snr, finest) if snr is not None else None
+        if solvent is not None:
+            return solvent
+    elif snr is not None and _measured_crossing_A(*snr) > EDGE_OVERRIDE * edge.resolution_A:
+        # the measured signal fades into the noise well before the edge: the edge is an
+        # earlier low-pass (of a map later blurred or reprocessed), not what the data hold
+        return solvent_noise_crossing(*snr, edge.resolution_A) or edge
     if edge is not None:
         return edge
     raise ResolutionUnknownError(
@@ -141,11 +143,11 @@ def _first_crossing(frequency: np.ndarray, values: np.ndarray, level: float,
     return float(frequency[-1])
 
 
-def solvent_noise_crossing(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
-                           finest_A: float) -> ResolutionEstimate | None:
-    """Where the box's spectral signal-to-noise ratio, from the molecule's power per voxel
-    against the solvent's, falls to that of an FSC = 0.143 shell; None without enough
-    solvent or signal."""
+def box_snr(data: np.ndarray,
+            voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(frequency, SNR)``: the box's spectral signal-to-noise ratio, from the molecule's
+    power per voxel (signal + noise) against the solvent's (noise), the signal spread over
+    the box; None without enough solvent or molecule."""
     molecule, solvent = molecule_and_solvent(data, voxel_size_zyx)
     if solvent.mean() < MIN_SOLVENT_FRACTION or molecule.mean() < 0.01:
         return None
@@ -153,7 +155,14 @@ def solvent_noise_crossing(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
     frequency, power_in = _power_per_voxel(centred, molecule, voxel_size_zyx)
     _, power_out = _power_per_voxel(centred, solvent, voxel_size_zyx)
     signal = (power_in - power_out) * float(molecule.mean())
-    snr = signal / np.maximum(power_out, 1e-30)
+    return frequency, signal / np.maximum(power_out, 1e-30)
+
+
+def solvent_noise_crossing(frequency: np.ndarray, snr: np.ndarray,
+                           finest_A: float) -> ResolutionEstimate | None:
+    """Where a line fitted to ln SNR against s² near the threshold falls to the SNR of an
+    FSC = 0.143 shell (the measured curve's first crossing where the line would be far
+    extrapolated); None when the signal is not above it or outlasts ``finest_A``."""
     band = ((frequency >= 1.0 / COARSEST_A) & (frequency <= 1.0 / finest_A)
             & (snr > FIT_SNR_RANGE[0]) & (snr < FIT_SNR_RANGE[1]))
     if band.sum() < 3:
@@ -165,16 +174,23 @@ def solvent_noise_crossing(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
         return None
     crossing = float(np.sqrt((np.log(SNR_AT_RESOLUTION) - intercept) / slope))
     fitted = frequency[band]
-    if not fitted[0] / 1.2 <= crossing <= fitted[-1] * 1.2:  # no far extrapolation: the
-        crossing = _first_crossing(frequency, np.log(np.maximum(_smoothed(snr), 1e-12)),  # curve
-                                   np.log(SNR_AT_RESOLUTION), 1.0 / COARSEST_A)
+    if not fitted[0] / 1.2 <= crossing <= fitted[-1] * 1.2:
+        crossing = 1.0 / _measured_crossing_A(frequency, snr)
     if crossing > 1.0 / finest_A:
         return None  # the signal outlasts the band the map holds
     residual = float(np.std(np.log(snr[band]) - (slope * frequency[band] ** 2 + intercept)))
     return ResolutionEstimate(min(max(1.0 / crossing, finest_A), COARSEST_A),
                               "signal/noise in the solvent",
-                              residual < CONFIDENT_FIT_RESIDUAL and solvent.mean() >= 0.2,
-                              f"solvent {100 * solvent.mean():.0f} % of the box")
+                              residual < CONFIDENT_FIT_RESIDUAL,
+                              f"fit residual {residual:.2f}")
+
+
+def _measured_crossing_A(frequency: np.ndarray, snr: np.ndarray) -> float:
+    """The resolution where the measured SNR (3-shell running median) first falls to the
+    threshold, from ``1/COARSEST_A`` on."""
+    crossing = _first_crossing(frequency, np.log(np.maximum(_smoothed(snr), 1e-12)),
+                               np.log(SNR_AT_RESOLUTION), 1.0 / COARSEST_A)
+    return 1.0 / max(crossing, 1e-6)
 
 
 def molecule_and_solvent(data: np.ndarray,
