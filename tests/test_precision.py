@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from cryosamu_cli.cli.app import app
-from cryosamu_cli.device import resolve_precision, use_precision
+from cryosamu_cli.device import precision_reason, resolve_precision, use_precision
 from cryosamu_cli.model.unet import LinearAttention3D, UNet3D
 from cryosamu_cli.weights import load_model, save_checkpoint
 from tests.conftest import smooth_volume, write_mrc
@@ -51,9 +51,53 @@ def test_auto_is_bf16_on_cuda_devices_that_support_it_else_fp16(monkeypatch, bf1
                                                                   expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
     assert resolve_precision("auto", torch.device("cuda:0")) is expected
-    assert resolve_precision("auto", torch.device("cpu")) is None
     assert resolve_precision("fp32", torch.device("cuda:0")) is None
     assert resolve_precision("fp16", torch.device("cuda:0")) is torch.float16
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected, reason", [
+    (False, True, torch.bfloat16, "bf16: the CPU has avx512_bf16"),
+    (True, True, torch.bfloat16, "bf16: the CPU has amx_bf16"),
+    (False, False, None, "fp32: the CPU has no native bf16")])
+def test_auto_on_a_cpu_follows_its_native_bf16(monkeypatch, amx, avx512_bf16, expected, reason):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) is expected
+    assert precision_reason("auto", cpu) == reason
+    assert resolve_precision("auto", cpu, training=True) is None  # training on a CPU: fp32
+    assert precision_reason("fp32", cpu) == "fp32: asked for"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_enhance_names_precision_and_reason_and_repeats_its_bytes(tmp_path, tiny_checkpoint,
+                                                                        native):
+    """Two processes on one machine, with the capability stubbed each way: the same bytes;
+    the summary says which precision ran and why, the header label which."""
+    import subprocess
+    import sys
+
+    source = write_mrc(tmp_path / "map.mrc", np.abs(smooth_volume((40, 40, 40), seed=3)))
+    stub = ("import torch; torch.cpu._is_amx_tile_supported = lambda: False; "
+            f"torch.cpu._is_avx512_bf16_supported = lambda: {native}; "
+            "import sys; from cryosamu_cli.cli.app import main; sys.argv = sys.argv[1:]; main()")
+    outputs = []
+    for run in range(2):
+        out = tmp_path / f"out{run}.mrc"
+        done = subprocess.run([sys.executable, "-c", stub, "cryosamu", "enhance", str(source),
+                               "-o", str(out), "--weights", str(tiny_checkpoint),
+                               "--resolution", "6"], capture_output=True, text=True,
+                              timeout=300, env={**__import__("os").environ, "COLUMNS": "200"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    said = done.stdout + done.stderr
+    name = "bf16" if native else "fp32"
+    expected = "bf16: the CPU has avx512_bf16" if native else "fp32: the CPU has no native bf16"
+    assert f"({expected})" in said
+    from cryosamu_cli import mapio
+
+    assert mapio.read_map(tmp_path / "out1.mrc")[1].labels[-1].endswith(f", {name}")
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ class TimingRecord:
     gflops_achieved: float
     peak_rss_MiB: float
     peak_gpu_MiB: float | None
+    precision_reason: str = ""
 
 
 def synthetic_map(edge: int, seed: int = 0) -> tuple[np.ndarray, mapio.GridInfo]:
@@ -122,7 +123,8 @@ def _time_one(path: Path, tmp: Path, enhancer: predictor.Enhancer, gflop: float,
         first.cubes_run, first.cubes_skipped, statistics.median(seconds), min(seconds),
         max(seconds), stages, network / max(first.cubes_run, 1),
         voxels / statistics.median(seconds), gflop,
-        gflop * first.cubes_run / network if network > 0 else 0.0, peak_rss_MiB(), gpu)
+        gflop * first.cubes_run / network if network > 0 else 0.0, peak_rss_MiB(), gpu,
+        enhancer.precision_reason)
 
 
 def flops_per_cube(model, cube_size: int, device) -> float:

@@ -71,11 +71,11 @@ def enhance_cmd(
     resolution: Annotated[Optional[str], typer.Option(
         "--resolution", metavar="R|none|CSV", help="The map's resolution in Å: the output is "
         "limited to it. none: the network's full band. A CSV of path,resolution rows: one "
-        "value per map. Default: the half-map FSC=0.143 resolution with --half2, else the "
-        "full band.")] = None,
+        "value per map. Default: the half-map FSC=0.143 resolution with --half2, else an EMDB "
+        "header XML beside the map, else an estimate from the map.")] = None,
     precision: Annotated[str, typer.Option(
-        help="auto (bf16 on CUDA, fp16 where it lacks bf16; fp32 on CPU), fp32, bf16 or "
-        "fp16.")] = "auto",
+        help="auto (bf16 on CUDA, fp16 where it lacks bf16; on a CPU bf16 where it computes "
+        "bf16 natively, avx512_bf16 or AMX, else fp32), fp32, bf16 or fp16.")] = "auto",
     skip_existing: Annotated[bool, typer.Option(
         "--skip-existing", help="With --output-dir: leave maps whose output exists.")] = False,
     force: ForceOpt = False,
@@ -131,7 +131,8 @@ def _print_summary(result) -> None:
     extra = "".join(f", {p}" for p in result.extra_outputs)
     half = (f"; half-map FSC=0.143 at {result.half_map_resolution_A:.2f} Å"
             if result.half_map_resolution_A else "")
-    console.print(f"Enhanced in {result.seconds:.1f} s on {result.device} ({result.precision}): "
+    console.print(f"Enhanced in {result.seconds:.1f} s on {result.device} "
+                  f"({result.precision_reason or result.precision}): "
                   f"{result.cubes_run} "
                   f"cubes run, {result.cubes_skipped} skipped → {result.output_path}{extra}{half}")
     console.print(f"Output {result.resolution.summary()}")

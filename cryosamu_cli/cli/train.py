@@ -22,7 +22,7 @@ cryosamu train training_data -o runs/base32 --resume
 
 cryosamu train training_data -o runs/window --time-budget 6 --export-half
 
-cryosamu train training_data -o runs/light --preset light --crop-size 48 --precision bf16"""
+cryosamu train training_data -o runs/light --preset light --crop-size 48"""
 
 
 @app.command("train", epilog=epilog(EXAMPLE))

@@ -70,6 +70,7 @@ class EnhanceResult:
                                                                                  "not given")
     precision: str = "fp32"
     density_scale: str = DENSITY_SCALES[0]
+    precision_reason: str = ""
 
 
 class StageClock:
@@ -183,7 +184,8 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
     return EnhanceResult(outputs["map"], enhancer.weights_path, str(enhancer.device),
                          time.perf_counter() - started, stats.cubes_total, stats.cubes_run,
                          stats.cubes_skipped, norm.scale, extra, half_map_resolution, stages,
-                         limit, enhancer.precision_name, density_scale)
+                         limit, enhancer.precision_name, density_scale,
+                         enhancer.precision_reason)
 
 
 def _normalised_on_1A(data: np.ndarray,
