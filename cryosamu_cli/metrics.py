@@ -1,4 +1,6 @@
-"""Map quality measures. For now: the Fourier shell correlation of two maps (half maps).
+"""Map quality measures: the Fourier shell correlation of two maps (half maps), and the
+map–model scores of phenix.map_model_cc (CC_box, CC_mask, CC_volume, CC_peaks, per-residue
+RSCC, the model–map FSC and its 0.5 crossing), checked against cctbx in the tests.
 
 Arrays are ``[z, y, x]`` with voxel sizes in the same order.
 """

@@ -106,7 +106,7 @@ def test_batch_augmenter_keeps_shape_is_seeded_and_changes_some_cubes():
     assert first.shape == cubes.shape and first.dtype == cubes.dtype
     assert torch.equal(first, again)
     changed = [not torch.allclose(a, c) for a, c in zip(first, cubes)]
-    assert 0 < sum(changed) <= 8
+    assert 0 < sum(changed) < 8  # some cubes are augmented and some left as they were
 
 
 @pytest.mark.parametrize("device_type, kind", [("cpu", augment.TorchioAugmenter),

@@ -18,7 +18,7 @@ TIMING_FIELDS = {"name", "shape_zyx", "voxels", "volume_A3", "device", "batch_si
                  "repeats", "cubes_total", "cubes_run", "cubes_skipped", "seconds_median",
                  "seconds_min", "seconds_max", "stage_seconds", "seconds_per_cube",
                  "voxels_per_s", "gflop_per_cube", "gflops_achieved", "peak_rss_MiB",
-                 "peak_gpu_MiB"}
+                 "peak_gpu_MiB", "precision_reason"}
 
 
 def _assert_png(path):
@@ -40,6 +40,7 @@ def test_timing_report_has_every_field(tmp_path, tiny_checkpoint):
         assert set(record) == TIMING_FIELDS
         assert set(record["stage_seconds"]) == set(benchmark_timing.STAGES)
         assert record["repeats"] == 2 and record["precision"] == "fp32"
+        assert record["precision_reason"] == "fp32: asked for"
         assert record["seconds_min"] <= record["seconds_median"] <= record["seconds_max"]
         assert record["cubes_run"] + record["cubes_skipped"] == record["cubes_total"]
         assert record["gflop_per_cube"] > 0 and record["gflops_achieved"] > 0
@@ -111,3 +112,31 @@ def test_quality_input_errors(tmp_path):
     assert result.exit_code == 1 and "'map', 'model'" in result.stderr
     result = runner.invoke(app, ["benchmark", "time"])
     assert result.exit_code == 1 and "--sizes" in result.stderr
+
+
+def test_work_dir_maps_are_reused_only_when_made_the_same_way(tmp_path, pairs_csv,
+                                                              tiny_checkpoint, tiny_config):
+    """A rerun with other weights enhances again instead of scoring the old maps."""
+    import torch
+
+    from cryosamu_cli.benchmark.quality import quality_report
+    from cryosamu_cli.data.pairs import read_pairs
+    from cryosamu_cli.model.unet import UNet3D
+    from cryosamu_cli.weights import save_checkpoint
+
+    torch.manual_seed(11)
+    other = save_checkpoint(tmp_path / "other.pt", UNet3D.from_config(tiny_config))
+    pairs = [p for p in read_pairs(pairs_csv) if p.name == "other"]
+    work = tmp_path / "maps"
+    enhanced = work / "other_cryosamu.mrc"
+
+    def run(weights) -> tuple[float, int]:
+        report = quality_report(pairs=pairs, weights=weights, device="cpu", work_dir=work,
+                                sharpen=False)
+        return report[0].maps["cryosamu"]["cc_mask"], enhanced.stat().st_mtime_ns
+
+    first_cc, first_time = run(tiny_checkpoint)
+    again_cc, again_time = run(tiny_checkpoint)
+    assert (again_cc, again_time) == (first_cc, first_time)  # reused: the same weights
+    other_cc, other_time = run(other)
+    assert other_time != first_time and other_cc != first_cc  # enhanced again

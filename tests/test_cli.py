@@ -149,8 +149,24 @@ def test_weights_commands(tmp_path, monkeypatch):
     from cryosamu_cli import weights
 
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "250")
     listed = runner.invoke(app, ["weights", "list"])
+    manifest = weights.load_manifest()
     assert listed.exit_code == 0
+    assert all(name in listed.output for name in manifest.entries)
     missing = runner.invoke(app, ["weights", "download", "no-such-model"])
     assert missing.exit_code == 1 and "unknown weights name" in missing.stderr
-    assert runner.invoke(app, ["weights", "verify"]).exit_code == 0
+    verified = runner.invoke(app, ["weights", "verify"])
+    shipped = {name: e for name, e in manifest.entries.items()
+               if (weights.shipped_weights_dir() / e.file).is_file()}
+    assert verified.exit_code == 0 and shipped
+    for name, entry in shipped.items():
+        assert f"{name}: {weights.shipped_weights_dir() / entry.file}: ok" in verified.output
+    # a damaged copy in the cache is named, and the command fails
+    name, entry = next(iter(shipped.items()))
+    damaged = bytearray((weights.shipped_weights_dir() / entry.file).read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (tmp_path / entry.file).write_bytes(bytes(damaged))
+    verified = runner.invoke(app, ["weights", "verify"])
+    assert verified.exit_code == 1
+    assert f"{name}: {tmp_path / entry.file}: corrupt" in " ".join(verified.output.split())

@@ -84,7 +84,7 @@ def test_real_network_enhances_the_example_map(tmp_path, tiny_checkpoint):
     assert g.shape_zyx == (64, 56, 56) and np.isfinite(written).all() and written.std() > 0
     assert result.cubes_total == 8 and seen[-1] == (result.cubes_run, result.cubes_run)
     assert result.normalisation_scale > 0
-    assert g.labels[-1].endswith("(estimated), fp32")  # no --resolution given
+    assert "(estimated), " in g.labels[-1]  # no --resolution given
     assert result.resolution.source == "estimated from the map"
     normalised = enhance.enhance_map(input_path=source, output_path=tmp_path / "n.mrc",
                                      weights=tiny_checkpoint, density_scale="normalised")

@@ -16,7 +16,7 @@ from cryosamu_cli import grid, mapio
 from cryosamu_cli.enhance import pipeline as enhance
 from cryosamu_cli.enhance import memory
 from cryosamu_cli.cli.app import app
-from cryosamu_cli.device import resolve_precision
+from cryosamu_cli.device import native_bf16_feature, precision_reason, resolve_precision
 from cryosamu_cli.errors import ResourceError
 from cryosamu_cli.examples import write_example_map
 from tests.conftest import write_mrc
@@ -29,10 +29,15 @@ def _cryosamu(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
 
 
+# what auto runs here, and why (bf16 where the CPU computes bf16 natively, else fp32)
+AUTO_REASON = precision_reason("auto", torch.device("cpu"))
+
+
 def test_auto_precision_depends_on_the_device_only():
     cpu = torch.device("cpu")
-    # the same answer every time: no timing probe (CPUs run fp32)
-    assert {resolve_precision("auto", cpu) for _ in range(3)} == {None}
+    # the same answer every time: no timing probe (bf16 where the CPU has native bf16)
+    expected = torch.bfloat16 if native_bf16_feature() else None
+    assert {resolve_precision("auto", cpu) for _ in range(3)} == {expected}
 
 
 def test_two_runs_in_separate_processes_write_identical_bytes(tmp_path, tiny_checkpoint):
@@ -43,12 +48,13 @@ def test_two_runs_in_separate_processes_write_identical_bytes(tmp_path, tiny_che
         done = _cryosamu("enhance", str(source), "-o", str(out), "--weights",
                          str(tiny_checkpoint), "--resolution", "6")
         assert done.returncode == 0, done.stderr
-        assert "(fp32)" in done.stderr  # the summary names the precision
+        assert f"({AUTO_REASON})" in done.stderr  # the summary names the precision and why
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
     with mrcfile.open(tmp_path / "run0.mrc") as mrc:
         label = bytes(mrc.header.label[mrc.header.nlabl - 1]).decode().strip()
-    assert label.endswith(": enhanced, input units, res 6.00 A (--resolution), fp32")
+    assert label.endswith(": enhanced, input units, res 6.00 A (--resolution), "
+                          f"{AUTO_REASON.split(':')[0]}")
 
 
 def test_output_in_input_units_matches_the_inputs_999th_percentile(shared_data, tmp_path):

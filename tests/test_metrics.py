@@ -54,20 +54,26 @@ def test_native_metrics_agree_with_cctbx(shared_data, cctbx_available, folder, m
 
 
 @pytest.mark.parametrize("resolution", [4.0, 6.6])
-def test_a_model_map_scores_one_against_its_model(shared_data, tmp_path, resolution):
+def test_our_model_map_is_cctbxs_model_map(shared_data, tmp_path, resolution, cctbx_available):
+    """cctbx as the referee: our F_calc model map, scored by mmtbx's map_model_cc against the
+    same model, is the map it computes itself (every CC 1, FSC = 0.5 at the resolution)."""
     data, grid = mapio.read_map(shared_data / "pairs/emd-5168/emd_5168_monomer.mrc")
     atoms = read_atoms(shared_data / "pairs/emd-5168/3MFP.pdb")
     model = simulate.model_map(atoms, grid.shape_zyx, grid.voxel_size_A,
                                mapio.grid_origin_xyz(grid), resolution)
     path = mapio.write_map(tmp_path / "model.mrc", model, grid)
-    scores = benchmark_quality.score_map(path, shared_data / "pairs/emd-5168/3MFP.pdb", resolution)
+    scores = benchmark_quality.cctbx_scores(path, shared_data / "pairs/emd-5168/3MFP.pdb",
+                                            resolution)
     for key in ("cc_box", "cc_mask", "cc_volume", "cc_peaks"):
-        assert scores[key] == pytest.approx(1.0, abs=1e-4), key
+        assert scores[key] == pytest.approx(1.0, abs=1e-3), key
     assert scores["fsc05"] == pytest.approx(resolution, rel=0.05)
-    assert min(r["cc"] for r in scores["rscc"]) > 0.999
 
 
 def test_model_map_structure_factors_match_direct_summation(shared_data):
+    """Referee: a direct sum over atoms with gemmi's electron form factors (International
+    Tables C 4.3.2.2), not our table."""
+    import gemmi
+
     atoms = read_atoms(shared_data / "pairs/emd-5168/3MFP.pdb")
     cell = np.array([40.0, 50.0, 60.0])
     h, k, l = np.array([0, 2]), np.array([-1, 3]), np.array([1, 4])
@@ -75,10 +81,9 @@ def test_model_map_structure_factors_match_direct_summation(shared_data):
     for (zi, li), (yi, ki), (xi, hi) in [((0, 1), (0, -1), (0, 0)), ((1, 4), (1, 3), (1, 2))]:
         s2 = (hi / cell[0]) ** 2 + (ki / cell[1]) ** 2 + (li / cell[2]) ** 2
         total = 0j
-        for xyz, el, z, b, occ in zip(atoms.xyz, atoms.element, atoms.atomic_number,
-                                      atoms.b_iso, atoms.occupancy):
-            a_i, b_i = simulate.form_factor(str(el), int(z))
-            f = (a_i * np.exp(-(b_i + b) * s2 / 4)).sum() * occ
+        for xyz, el, b, occ in zip(atoms.xyz, atoms.element, atoms.b_iso, atoms.occupancy):
+            table = gemmi.Element(str(el)).c4322
+            f = (np.array(table.a) * np.exp(-(np.array(table.b) + b) * s2 / 4)).sum() * occ
             total += f * np.exp(-2j * np.pi * np.dot([hi, ki, li], xyz / cell))
         assert ours[zi, yi, xi] == pytest.approx(total, rel=1e-9)
 

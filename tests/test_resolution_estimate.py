@@ -162,7 +162,7 @@ def test_bare_enhance_names_the_estimate_and_says_when_there_is_none(tmp_path, t
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "full band: the map's resolution cannot be estimated" in said  # no number made up
-    assert mapio.read_map(noise_out)[1].labels[-1].endswith("full band, fp32")
+    assert ", full band, " in mapio.read_map(noise_out)[1].labels[-1]
     (tmp_path / "emd-4321.xml").write_text("<emd emdb_id='EMD-4321'><map>")
     broken_map, broken_out = tmp_path / "emd_4321.map", tmp_path / "broken_out.mrc"
     write_mrc(broken_map, band_limited_noise(6.0, size=48), voxel_size=(1.2,) * 3)

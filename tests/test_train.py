@@ -142,7 +142,7 @@ def test_precision_choice():
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) is None
     assert resolve_precision("bf16", cpu) is torch.bfloat16
-    assert resolve_precision("auto", cpu) is None  # fp32 on CPUs, decided without timing
+    assert resolve_precision("auto", cpu, training=True) is None  # training on CPUs: fp32
     with pytest.raises(Exception, match="unknown precision"):
         resolve_precision("fp8", cpu)
 

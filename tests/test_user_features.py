@@ -92,8 +92,11 @@ def test_output_choice_is_checked(tmp_path, maps, tiny_checkpoint):
     two = runner.invoke(app, ["enhance", str(maps / "good0.mrc"), str(maps / "good1.mrc"),
                               "-o", str(tmp_path / "o.mrc")])
     assert two.exit_code == 1 and "--output-dir" in two.stderr
-    none = runner.invoke(app, ["enhance", str(maps / "good0.mrc")])
-    assert none.exit_code == 1 and "either -o" in none.stderr
+    none = runner.invoke(app, ["enhance", str(maps / "good0.mrc"), str(maps / "good1.mrc")])
+    assert none.exit_code == 1 and "2 maps need --output-dir" in none.stderr
+    both = runner.invoke(app, ["enhance", str(maps / "good0.mrc"), "-o", str(tmp_path / "o.mrc"),
+                               "--output-dir", str(tmp_path)])
+    assert both.exit_code == 1 and "not both" in both.stderr
     nomatch = runner.invoke(app, ["enhance", str(maps / "*.xyz"), "--output-dir", str(tmp_path)])
     assert nomatch.exit_code == 1 and "no file matches" in nomatch.stderr
     halves = runner.invoke(app, ["enhance", str(maps / "good0.mrc"), str(maps / "good1.mrc"),
@@ -240,3 +243,32 @@ def test_cli_prints_the_cube_count_and_estimate(tmp_path, tiny_checkpoint):
     assert result.exit_code == 0, result.output
     assert "8 cubes to run; about" in result.stderr
     assert (tmp_path / "o_std.mrc").is_file()
+
+
+def test_maps_named_alike_in_different_folders_get_their_own_outputs(tmp_path, tiny_checkpoint):
+    """RELION-style job folders: two postprocess.mrc give two outputs, nothing overwritten,
+    also with --force; the same file twice is refused before any work."""
+    from typer.testing import CliRunner
+
+    from cryosamu_cli.cli.app import app
+
+    runner = CliRunner()
+    maps = []
+    for job, seed in (("job012", 1), ("job013", 2)):
+        (tmp_path / job).mkdir()
+        maps.append(write_mrc(tmp_path / job / "postprocess.mrc",
+                              np.abs(smooth_volume((24, 24, 24), seed=seed))))
+    out = tmp_path / "out"
+    for extra in ([], ["--force"]):
+        result = runner.invoke(app, ["enhance", *map(str, maps), "--output-dir", str(out),
+                                     "--weights", str(tiny_checkpoint), "--resolution", "6",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+        written = sorted(p.name for p in out.glob("*.mrc"))
+        assert written == ["job012_postprocess_enhanced.mrc", "job013_postprocess_enhanced.mrc"]
+    first, second = (mapio.read_map(out / name)[0] for name in written)
+    assert not np.array_equal(first, second)
+    twice = runner.invoke(app, ["enhance", str(maps[0]), str(maps[0]), "--output-dir",
+                                str(tmp_path / "twice"), "--weights", str(tiny_checkpoint)])
+    assert twice.exit_code == 1 and "listed twice" in twice.output
+    assert not (tmp_path / "twice").exists()

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryosamu_cli import grid, mapio, metrics
+from cryosamu_cli.atomic import write_text_atomic
 from cryosamu_cli.enhance import pipeline as enhance
 from cryosamu_cli.enhance import predictor
 from cryosamu_cli.errors import ConfigError, CryosamuError
 from cryosamu_cli.data.pairs import Pair
 from cryosamu_cli.structure import read_atoms
+from cryosamu_cli.weights import sha256_of
 
 @dataclass
 class PairQuality:
@@ -41,7 +43,9 @@ def quality_report(*, pairs: Sequence[Pair], weights: str | os.PathLike | None =
     B-factor-sharpened baseline and each extra map.
 
     Maps are enhanced and sharpened into ``work_dir`` (a temporary folder by default) and
-    reused when already there. A pair that cannot be scored is kept with its reason.
+    reused from there only when what made them is the same (:func:`_made_by`: the input file,
+    the resolution, the weights' SHA-256 and precision). A pair that cannot be scored is
+    kept with its reason.
     """
     if backend not in ("native", "cctbx"):
         raise ConfigError(f"unknown backend '{backend}': use native or cctbx")
@@ -80,31 +84,65 @@ def _maps_of(pair: Pair, folder: Path, enhancer, sharpen: bool,
             "deposited_truncated": _truncated(pair, folder / f"{pair.name}_truncated.mrc")}
     runs = {"cryosamu": pair.resolution_A, **({"cryosamu_full_band": "none"} if full_band
                                                else {})}
+    weights_sha256 = sha256_of(enhancer.weights_path)
     for label, resolution in runs.items():
         target = folder / f"{pair.name}_{label}.mrc"
-        if not target.exists():
+        made_by = _made_by(pair, resolution, weights=weights_sha256,
+                           precision=enhancer.precision_name)
+        if not _reusable(target, made_by):
             enhance.enhance_map(input_path=pair.map_path, output_path=target, enhancer=enhancer,
-                                resolution=resolution)
+                                resolution=resolution, force=True)
+            _remember(target, made_by)
         maps[label] = target
     if sharpen:
         target = folder / f"{pair.name}_bsharpened.mrc"
-        if not target.exists():
+        made_by = _made_by(pair, pair.resolution_A, map="B-factor sharpened")
+        if not _reusable(target, made_by):
             data, grid_info = mapio.read_map(pair.map_path)
             sharpened, b = grid.bfactor_sharpen(data, grid_info.voxel_size_zyx, pair.resolution_A)
-            mapio.write_map(target, sharpened, grid_info, note=f"B-factor sharpened, B={b:.0f}")
+            mapio.write_map(target, sharpened, grid_info, note=f"B-factor sharpened, B={b:.0f}",
+                            force=True)
+            _remember(target, made_by)
         maps["b_sharpened"] = target
     maps.update(pair.extra_maps)
     return maps
 
 
 def _truncated(pair: Pair, target: Path) -> Path:
-    """The deposited map with a hard truncation at the pair's resolution (written once)."""
-    if not target.exists():
+    """The deposited map with a hard truncation at the pair's resolution (written once per
+    input and resolution)."""
+    made_by = _made_by(pair, pair.resolution_A, map="truncated")
+    if not _reusable(target, made_by):
         data, grid_info = mapio.read_map(pair.map_path)
         truncated = grid.band_limit(data, grid_info.voxel_size_zyx, pair.resolution_A)
         mapio.write_map(target, truncated, grid_info,
-                        note=f"truncated at {pair.resolution_A:g} A")
+                        note=f"truncated at {pair.resolution_A:g} A", force=True)
+        _remember(target, made_by)
     return target
+
+
+def _made_by(pair: Pair, resolution, **what) -> dict:
+    """What a work-dir map is made from: the input file (path, size, modification time), the
+    resolution and ``what`` else (weights' SHA-256, precision, kind of map)."""
+    stat = Path(pair.map_path).stat()
+    return {"input": str(Path(pair.map_path).resolve()), "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns, "resolution": resolution, **what}
+
+
+def _reusable(target: Path, made_by: dict) -> bool:
+    """Whether ``target`` exists and was made by exactly ``made_by`` (its ``.json`` record)."""
+    record = target.with_suffix(".made-by.json")
+    if not (target.is_file() and record.is_file()):
+        return False
+    try:
+        return json.loads(record.read_text()) == made_by
+    except (OSError, ValueError):
+        return False
+
+
+def _remember(target: Path, made_by: dict) -> None:
+    """Record what made ``target`` beside it."""
+    write_text_atomic(target.with_suffix(".made-by.json"), json.dumps(made_by) + "\n")
 
 
 def score_map(map_path: Path, model_path: Path, resolution_A: float,

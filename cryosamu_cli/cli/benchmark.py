@@ -79,7 +79,10 @@ def quality_cmd(
         "--full-band", help="Also score the network's output without the band limit "
         "(enhance --resolution none).")] = False,
     work_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="Keep enhanced and "
-                                                     "sharpened maps here.")] = None,
+                                                     "sharpened maps here; a rerun reuses one "
+                                                     "only when made from the same input, "
+                                                     "resolution, weights and precision.")
+                        ] = None,
     json_path: JsonOpt = None,
     csv_path: CsvOpt = None,
     plots: Annotated[Optional[Path], typer.Option(file_okay=False, help="Folder for FSC, "

@@ -31,6 +31,40 @@ def output_path_for(input_path: Path, output_dir: Path) -> Path:
     return companion_path(output_dir / input_path.name, "enhanced")
 
 
+def output_paths_for(input_paths: Sequence[Path], output_dir: Path) -> list[Path]:
+    """One distinct output per input: ``OUT/<name>_enhanced.mrc``, or, for inputs whose names
+    collide (RELION and cryoSPARC job folders all hold ``postprocess.mrc``), the name prefixed
+    by as many parent folders as tell them apart (``OUT/job012_postprocess_enhanced.mrc``).
+
+    Raises:
+        ConfigError: The same file is listed twice.
+    """
+    resolved = [Path(p).resolve() for p in input_paths]
+    seen: dict[Path, Path] = {}
+    for given, real in zip(input_paths, resolved):
+        if real in seen:
+            raise ConfigError(f"{given} is listed twice (also as {seen[real]}): give each map once")
+        seen[real] = given
+    names = [output_path_for(p, output_dir) for p in resolved]
+    for name in set(names):
+        clashing = [i for i, n in enumerate(names) if n == name]
+        if len(clashing) > 1:
+            for i, unique in zip(clashing, _told_apart([resolved[i] for i in clashing])):
+                names[i] = output_dir / f"{unique}_{names[i].name}"
+    return names
+
+
+def _told_apart(paths: list[Path]) -> list[str]:
+    """Prefixes that tell apart files whose outputs would share a name: the fewest parent
+    folders that differ (``job012``, ``a_run1``), or, in one folder, the file's own name
+    (``map.map`` and ``map.mrc``)."""
+    for depth in range(1, max(len(p.parts) for p in paths)):
+        prefixes = ["_".join(p.parent.parts[-depth:]).lstrip("/") or "root" for p in paths]
+        if len(set(prefixes)) == len(paths):
+            return prefixes
+    return [p.name.replace(".", "_") for p in paths]
+
+
 def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                  skip_existing: bool = False, force: bool = False,
                  weights: str | os.PathLike | None = None, device: str = "auto",
@@ -38,6 +72,7 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
                  threads: int | None = None, confidence: int = 0, precision: str = "auto",
                  resolution: str | float | resolution_ops.ResolutionRequest | None = None,
                  on_map_start: Callable[[Path, int, int], None] | None = None,
+                 output_paths: Sequence[Path] | None = None,
                  **map_options: object) -> list[MapOutcome]:
     """Enhance many maps into ``output_dir`` with one loaded model.
 
@@ -52,6 +87,8 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
         resolution: One value for every map, ``none``, or a CSV of path,resolution (every
             input must be listed); see :func:`cryosamu_cli.enhance.pipeline.enhance_map`.
         on_map_start: Called as ``on_map_start(path, index, count)`` before each map.
+        output_paths: The output of each input (default: :func:`output_paths_for`, distinct
+            names even for inputs named alike).
         map_options: Passed on to :func:`cryosamu_cli.enhance.pipeline.enhance_map` (mask, strength, progress, ...).
 
     Raises:
@@ -61,18 +98,19 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
     _check_output_dir(output_dir)
     request = resolution_ops.parse_resolution(resolution)
     resolution_ops.check_listed(request, [Path(p) for p in input_paths])
+    targets = list(output_paths or output_paths_for([Path(p) for p in input_paths], output_dir))
     output_dir.mkdir(exist_ok=True)
     devices = split_devices(device)
     if len(devices) > 1:
         return _enhance_on_devices(
             devices, input_paths=[Path(p) for p in input_paths], output_dir=output_dir,
+            output_paths=targets,
             skip_existing=skip_existing, force=force, weights=weights, batch_size=batch_size,
             cube_size=cube_size, core_size=core_size, threads=threads, confidence=confidence,
             precision=precision, resolution=request, **map_options)
     enhancer = None
     outcomes = []
-    for index, input_path in enumerate(Path(p) for p in input_paths):
-        target = output_path_for(input_path, output_dir)
+    for index, (input_path, target) in enumerate(zip((Path(p) for p in input_paths), targets)):
         if skip_existing and target.exists():
             outcomes.append(MapOutcome(input_path, target, "skipped", "output exists"))
             continue
@@ -125,7 +163,7 @@ def split_devices(device: str) -> list[str]:
 
 
 def _enhance_on_devices(devices: list[str], *, input_paths: list[Path], threads: int | None,
-                        **options: object) -> list[MapOutcome]:
+                        output_paths: list[Path], **options: object) -> list[MapOutcome]:
     """One worker process per device, each enhancing every ``len(devices)``-th map with its
     own loaded model; outcomes come back in input order. Progress callbacks stay in this
     process (they cannot cross into the workers), so only whole maps are reported."""
@@ -144,6 +182,7 @@ def _enhance_on_devices(devices: list[str], *, input_paths: list[Path], threads:
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     with ProcessPoolExecutor(len(devices), mp_context=context) as pool:
         jobs = {pool.submit(enhance_many, input_paths=[input_paths[i] for i in share],
+                            output_paths=[output_paths[i] for i in share],
                             device=device, threads=threads, **options): share
                 for device, share in zip(devices, shares) if share}
         for job, share in jobs.items():

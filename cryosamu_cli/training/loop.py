@@ -366,6 +366,7 @@ class _Run:
                                  self.precision, self.config.val_cubes),
                       **self._real_scores(self.ema.network)}
             record.update({f"ema_{key}": value for key, value in scores.items()})
+        record["validation_seconds"] = round(time.perf_counter() - now, 2)
         if self.rank == 0:
             log_and_save(record, self.model, self.optimiser, self.scheduler, progress,
                          asdict(self.config), self.run_dir, self.config.export_half, self.ema)
