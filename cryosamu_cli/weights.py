@@ -240,6 +240,7 @@ def download_weights(entry: WeightsEntry | EncoderWeightsEntry, *, progress: Dow
 
     Raises:
         DownloadError: HTTP error, connection lost, wrong size or checksum, unwritable cache.
+        WeightsError: No address to download from.
     """
     url = download_url(entry)
     target = cache_dir() / entry.file
@@ -260,10 +261,16 @@ def download_url(entry: WeightsEntry | EncoderWeightsEntry) -> str:
         return f"{mirror.rstrip('/')}/{entry.file}"
     if entry.url:
         return entry.url
-    raise WeightsError(f"weights '{entry.name}' ship inside the cryosamu package but "
-                       f"{shipped_weights_dir() / entry.file} is missing or damaged; reinstall "
-                       f"cryosamu, set {MIRROR_ENV} to a folder URL that holds {entry.file}, "
-                       "or pass --weights PATH")
+    raise WeightsError(f"weights '{entry.name}' have no download address (they ship inside "
+                       f"the cryosamu package only): reinstall cryosamu to restore them, set "
+                       f"{MIRROR_ENV} to a folder URL that holds {entry.file}, or pass "
+                       "--weights PATH")
+
+
+def verified_local_copy(entry: WeightsEntry | EncoderWeightsEntry) -> Path | None:
+    """A local copy of ``entry`` (cache or package) whose SHA-256 matches, or None."""
+    return next((Path(path) for path, status in verify_entry(entry).items() if status == "ok"),
+                None)
 
 
 def sha256_of(path: Path) -> str:

@@ -130,3 +130,16 @@ def test_torchio_and_batch_paths_change_a_cube_by_similar_amounts():
         out = augmenter(cubes)
         changes[name] = float((out - cubes).flatten(1).std(dim=1).mean())
     assert changes["batch"] == pytest.approx(changes["torchio"], rel=0.2)
+
+
+def test_training_augments_without_torchio(monkeypatch):
+    """After a plain install (no torchio) the CPU path is the batch augmenter: same
+    distributions, nothing extra to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchio", None)
+    chosen = augment.input_augmenter(True, torch.device("cpu"))
+    assert isinstance(chosen, augment.BatchAugmenter)
+    torch.manual_seed(0)
+    cubes = torch.rand(4, 1, 16, 16, 16)
+    assert chosen(cubes).shape == cubes.shape

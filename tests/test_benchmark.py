@@ -140,3 +140,24 @@ def test_work_dir_maps_are_reused_only_when_made_the_same_way(tmp_path, pairs_cs
     assert (again_cc, again_time) == (first_cc, first_time)  # reused: the same weights
     other_cc, other_time = run(other)
     assert other_time != first_time and other_cc != first_cc  # enhanced again
+
+
+def test_plots_without_matplotlib_fail_before_the_work_and_name_the_extra(tmp_path, pairs_csv,
+                                                                         monkeypatch):
+    """The hint keeps its extra ([plots] is not read as markup); nothing is scored or made."""
+    import sys
+
+    from cryosamu_cli.benchmark import quality, timing
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
+    worked = []
+    monkeypatch.setattr(quality, "quality_report", lambda **kw: worked.append(kw))
+    monkeypatch.setattr(timing, "time_enhance", lambda **kw: worked.append(kw))
+    plots = tmp_path / "plots"
+    result = runner.invoke(app, ["benchmark", "quality", str(pairs_csv), "--plots", str(plots)])
+    assert result.exit_code == 1
+    assert "pip install 'cryosamu[plots]'" in result.stderr
+    result = runner.invoke(app, ["benchmark", "time", "--sizes", "32", "--plot",
+                                 str(tmp_path / "t.png")])
+    assert result.exit_code == 1 and "'cryosamu[plots]'" in result.stderr
+    assert not worked and not plots.exists()

@@ -156,6 +156,9 @@ def test_weights_commands(tmp_path, monkeypatch):
     assert all(name in listed.output for name in manifest.entries)
     missing = runner.invoke(app, ["weights", "download", "no-such-model"])
     assert missing.exit_code == 1 and "unknown weights name" in missing.stderr
+    default = manifest.default
+    here = runner.invoke(app, ["weights", "download", default])  # shipped: nothing to fetch
+    assert here.exit_code == 0 and "already here" in here.stderr, here.output
     verified = runner.invoke(app, ["weights", "verify"])
     shipped = {name: e for name, e in manifest.entries.items()
                if (weights.shipped_weights_dir() / e.file).is_file()}

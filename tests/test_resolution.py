@@ -193,3 +193,14 @@ def test_batch_takes_a_resolution_csv_and_refuses_an_unlisted_map_before_any_wor
                                     weights=tiny_checkpoint)
     assert [o.result.resolution for o in outcomes] == [
         ResolutionChoice(5.5, "resolution CSV"), ResolutionChoice(None, "--resolution none")]
+
+
+def test_the_projects_pairs_csv_gives_resolutions_by_column_name(shared_data, tmp_path):
+    request = parse_resolution(str(shared_data / "pairs.csv"))
+    monomer = shared_data / "pairs/emd-5168/emd_5168_monomer.mrc"
+    assert choose_resolution(request, monomer, None, (1.742,) * 3) == \
+        ResolutionChoice(6.6, "resolution CSV")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,resolution_A,map\nfirst,5.0,a.mrc\nsecond,abc,b.mrc\n")
+    with pytest.raises(ConfigError, match=r"bad.csv, row 3: .*'abc'"):
+        parse_resolution(str(bad))

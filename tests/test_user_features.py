@@ -272,3 +272,24 @@ def test_maps_named_alike_in_different_folders_get_their_own_outputs(tmp_path, t
                                 str(tmp_path / "twice"), "--weights", str(tiny_checkpoint)])
     assert twice.exit_code == 1 and "listed twice" in twice.output
     assert not (tmp_path / "twice").exists()
+
+
+def test_quiet_batch_prints_nothing_on_success_and_options_are_checked_unused(tmp_path,
+                                                                              tiny_checkpoint):
+    from typer.testing import CliRunner
+
+    from cryosamu_cli.cli.app import app
+
+    runner = CliRunner()
+    maps = [write_mrc(tmp_path / f"m{i}.mrc", np.abs(smooth_volume((24, 24, 24), seed=i)))
+            for i in range(2)]
+    quiet = runner.invoke(app, ["enhance", *map(str, maps), "--output-dir", str(tmp_path / "o"),
+                                "--weights", str(tiny_checkpoint), "--resolution", "6", "-q"])
+    assert quiet.exit_code == 0 and quiet.output == ""
+    assert len(list((tmp_path / "o").glob("*.mrc"))) == 2
+    for extra in (["-o", str(tmp_path / "x.mrc")], ["--output-dir", str(tmp_path / "y")]):
+        unused = runner.invoke(app, ["enhance", *map(str, maps[:1 if "-o" in extra else 2]),
+                                     *extra, "--mask-mode", "foo",
+                                     "--weights", str(tiny_checkpoint)])
+        assert unused.exit_code == 1 and "unknown mask mode 'foo'" in unused.output
+    assert not (tmp_path / "x.mrc").exists() and not (tmp_path / "y").exists()

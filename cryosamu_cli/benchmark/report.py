@@ -19,7 +19,7 @@ from cryosamu_cli.errors import CryosamuError
 
 def plot_time_vs_volume(records: Sequence[TimingRecord], path: str | os.PathLike) -> Path:
     """Fig. 5: median time against map volume with the fitted line, as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     volumes = np.array([r.volume_A3 for r in records]) / 1e6
     seconds = np.array([r.seconds_median for r in records])
     slope, intercept = fit_time_vs_volume(records)
@@ -50,7 +50,7 @@ def plot_quality(report: Sequence[PairQuality], folder: str | os.PathLike) -> li
 
 
 def _plot_fsc(pair: PairQuality, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for label, scores in pair.maps.items():
         curve = scores["fsc"]
@@ -64,7 +64,7 @@ def _plot_fsc(pair: PairQuality, path: Path) -> Path:
 
 
 def _plot_rscc(pair: PairQuality, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3))
     for label, scores in pair.maps.items():
         ax.plot([r["cc"] for r in scores["rscc"]], lw=0.8, label=label)
@@ -80,7 +80,7 @@ MIN_BOX_POINTS = 5
 def _plot_metric_boxes(report: Sequence[PairQuality], path: Path) -> Path:
     """Per metric, every pair's value per map kind as a point (a box behind them from
     :data:`MIN_BOX_POINTS` pairs on; a box of three points says nothing a point does not)."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = sorted({label for p in report for label in p.maps})
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.5))
     for ax, metric in zip(axes, METRICS[:4]):
@@ -133,8 +133,9 @@ def _jsonable(value: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _pyplot():
-    """matplotlib's pyplot with a file-only backend, or a clear error."""
+def pyplot():
+    """matplotlib's pyplot with a file-only backend, or a clear error (called before the
+    work by commands asked for plots, so that a missing matplotlib fails in seconds)."""
     try:
         import matplotlib
 
@@ -149,7 +150,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
     """Save a figure as PNG atomically and close it."""
     from cryosamu_cli.atomic import atomic_target
 
-    plt = _pyplot()
+    plt = pyplot()
     with atomic_target(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

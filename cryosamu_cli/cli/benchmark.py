@@ -44,6 +44,8 @@ def time_cmd(
     from cryosamu_cli.errors import ConfigError
 
     with user_errors():
+        if plot is not None:
+            benchmark_report.pyplot()  # a missing matplotlib fails now, not after the timing
         try:
             edges = [int(s) for s in sizes.split(",") if s.strip()]
         except ValueError as exc:
@@ -94,6 +96,8 @@ def quality_cmd(
     from cryosamu_cli.data.pairs import read_pairs
 
     with user_errors():
+        if plots is not None:
+            benchmark_report.pyplot()  # a missing matplotlib fails now, not after the scoring
         pairs = read_pairs(pairs_csv, role=role)
         report = benchmark_quality.quality_report(
             pairs=pairs, weights=weights, device=device, backend=backend, sharpen=sharpen,

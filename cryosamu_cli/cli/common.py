@@ -10,10 +10,13 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Column, Table
+from rich.text import Text
 
 from cryosamu_cli.errors import CryosamuError
 
-console = Console(stderr=True, highlight=False)
+# markup=False: user text (paths like map[old].mrc, hints like pip install 'cryosamu[plots]')
+# is printed as it is, never read as rich markup
+console = Console(stderr=True, highlight=False, markup=False)
 
 WeightsOpt = Annotated[Optional[Path], typer.Option(
     "--weights", help="Checkpoint to use instead of the pretrained model.", dir_okay=False)]
@@ -51,7 +54,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except CryosamuError as exc:
-        console.print(f"[red]Error:[/red] {exc}", soft_wrap=True)
+        console.print(Text.assemble(("Error:", "red"), f" {exc}"), soft_wrap=True)
         raise typer.Exit(code=1) from None
 
 

@@ -122,8 +122,12 @@ def enhance_cmd(
         if not quiet:
             _print_summary(result)
         return
-    _print_table(outcomes)
-    if any(o.status == "failed" for o in outcomes):
+    failed = [o for o in outcomes if o.status == "failed"]
+    if not quiet:
+        _print_table(outcomes)
+    for outcome in failed if quiet else []:
+        console.print(f"Error: {outcome.input_path}: {outcome.message}", soft_wrap=True)
+    if failed:
         raise typer.Exit(code=1)
 
 
@@ -175,7 +179,8 @@ class _ProgressBars:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.bar.stop()
+        if self.bar.live.is_started:  # stopping a bar never shown would print an empty line
+            self.bar.stop()
 
     def callbacks(self, download: bool, maps: bool = True) -> dict:
         """Keyword arguments for the library's progress hooks (none when quiet): the cube

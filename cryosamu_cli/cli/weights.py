@@ -43,6 +43,10 @@ def download_cmd(name: Annotated[Optional[str], typer.Argument(
 
     with user_errors():
         entry = weights_lib.load_manifest().any_entry(name)
+        present = weights_lib.verified_local_copy(entry)
+        if present is not None:
+            console.print(f"{entry.name} is already here (checksum verified): {present}")
+            return
         path = weights_lib.download_weights(entry)
     console.print(f"{entry.name} saved to {path}")
 

@@ -96,6 +96,7 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
     """
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
+    enhance.check_map_options(**map_options)
     request = resolution_ops.parse_resolution(resolution)
     resolution_ops.check_listed(request, [Path(p) for p in input_paths])
     targets = list(output_paths or output_paths_for([Path(p) for p in input_paths], output_dir))

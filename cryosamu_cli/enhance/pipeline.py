@@ -144,8 +144,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
         CryosamuError: Any problem with the input, output, weights, device or options.
     """
     started, clock = time.perf_counter(), StageClock()
-    _check_blend_options(strength, mask_path, mask_mode)
-    _check_density_scale(density_scale)
+    check_map_options(strength=strength, mask_mode=mask_mode, density_scale=density_scale)
     request = resolution_ops.parse_resolution(resolution)
     outputs = _planned_outputs(Path(output_path), half2_path is not None, confidence > 0, force)
     data, grid, fsc_curve = _read_input(input_path, half2_path)
@@ -215,12 +214,19 @@ def _split_tiles(seconds: dict[str, float], stats: tiling.TilingStats) -> dict[s
     return stages
 
 
-def _check_blend_options(strength: float, mask_path: object, mask_mode: str) -> None:
-    """Refuse out-of-range strength and unknown mask modes."""
+def check_map_options(*, strength: float = 1.0, mask_mode: str = "keep-inside",
+                      density_scale: str = DENSITY_SCALES[0], **_unused: object) -> None:
+    """Refuse out-of-range strength, unknown mask modes (with or without a mask) and unknown
+    density scales, before any work.
+
+    Raises:
+        ConfigError: Names the option and what it takes.
+    """
     if not 0.0 <= strength <= 1.0:
         raise ConfigError(f"--strength must be between 0 and 1, got {strength}")
-    if mask_path is not None and mask_mode not in MASK_MODES:
+    if mask_mode not in MASK_MODES:
         raise ConfigError(f"unknown mask mode '{mask_mode}': use {' or '.join(MASK_MODES)}")
+    _check_density_scale(density_scale)
 
 
 def companion_path(output_path: Path, suffix: str) -> Path:

@@ -119,21 +119,44 @@ def _positive(value: float, text: str) -> float:
     return value
 
 
+MAP_COLUMNS = ("map", "path", "file")
+RESOLUTION_COLUMNS = ("resolution", "resolution_a")
+
+
 def _read_csv(path: Path) -> dict[str, float | None]:
-    """``path,resolution`` rows (a header row is allowed; ``none`` means the full band);
-    keyed by the resolved path and by the bare file name."""
-    table: dict[str, float | None] = {}
+    """``path,resolution`` rows, or a CSV with a header naming its columns (``map``/``path``
+    and ``resolution``/``resolution_A``, as the pairs CSV of ``prepare-data`` and ``benchmark
+    quality``; rows without a resolution are left out); ``none`` means the full band. Keyed
+    by the resolved path and by the bare file name.
+
+    Raises:
+        ConfigError: Names the file and row of a bad or short row, or a CSV that lists no map.
+    """
     with open(path, newline="") as handle:
         rows = [row for row in csv.reader(handle) if row and row[0].strip()
                 and not row[0].lstrip().startswith("#")]
-    if rows and rows[0][0].strip().lower() in ("path", "map", "file"):
-        rows = rows[1:]
-    for number, row in enumerate(rows, 1):
-        if len(row) < 2:
-            raise ConfigError(f"{path}: row {number} needs path,resolution")
-        value = parse_resolution(row[1])
+    map_column, resolution_column, first = 0, 1, 1
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    if header and header[0] in MAP_COLUMNS or any(h in RESOLUTION_COLUMNS for h in header):
+        map_column = next((header.index(c) for c in MAP_COLUMNS if c in header), 0)
+        resolution_column = next((header.index(c) for c in RESOLUTION_COLUMNS if c in header), 1)
+        first = 2
+    else:
+        rows = [[], *rows]
+    table: dict[str, float | None] = {}
+    for number, row in enumerate(rows[1:], first):
+        if len(row) <= max(map_column, resolution_column):
+            raise ConfigError(f"{path}: row {number} needs a map and a resolution "
+                              "(path,resolution)")
+        text = row[resolution_column].strip()
+        if not text:
+            continue
+        try:
+            value = parse_resolution(text)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}, row {number}: {exc}") from None
         resolution = None if value.full_band else value.value_A
-        map_path = (path.parent / row[0].strip())
+        map_path = path.parent / row[map_column].strip()
         table[str(map_path.resolve())] = resolution
         table[map_path.name] = resolution
     if not table:

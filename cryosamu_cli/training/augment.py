@@ -49,12 +49,16 @@ def flipped_and_transposed(cubes: torch.Tensor, axes: tuple[int, ...],
 
 def input_augmenter(augment: bool = True, device: torch.device | None = None):
     """The input augmentation for training on ``device`` (None without ``augment``): TorchIO
-    on a CPU, :class:`BatchAugmenter` on CUDA."""
+    on a CPU where it is installed (``cryosamu[train]``), else :class:`BatchAugmenter`, which
+    draws from the same distributions and needs nothing beyond torch (always on CUDA)."""
     if not augment:
         return None
     if device is not None and device.type == "cuda":
         return BatchAugmenter()
-    return TorchioAugmenter()
+    try:
+        return TorchioAugmenter()
+    except ImportError:
+        return BatchAugmenter()
 
 
 class TorchioAugmenter:
