@@ -21,6 +21,7 @@ from pathlib import Path
 from cryosamu_cli.benchmark.quality import score_map
 from cryosamu_cli.data.pairs import read_pairs
 from cryosamu_cli.device import native_bf16_feature
+from cryosamu_cli.errors import CryosamuError
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -51,9 +52,13 @@ def main() -> None:
                 out = Path(tmp) / f"{pair.name}_{precision}.mrc"
                 seconds[precision] = enhanced_seconds(pair.map_path, out, pair.resolution_A,
                                                       precision)
-                scores[precision] = score_map(out, pair.model_path, pair.resolution_A,
-                                              args.backend)
-            cells = [f"{scores[p]['cc_box']:.3f} / {scores[p]['cc_mask']:.3f}" for p in PRECISIONS]
+                try:
+                    scores[precision] = score_map(out, pair.model_path, pair.resolution_A,
+                                                  args.backend)
+                except CryosamuError as exc:  # e.g. cctbx's table lacks an atom type
+                    scores[precision] = {"note": str(exc)[:60]}
+            cells = [f"{scores[p]['cc_box']:.3f} / {scores[p]['cc_mask']:.3f}"
+                     if "note" not in scores[p] else scores[p]["note"] for p in PRECISIONS]
             print(f"| {pair.name} | {pair.resolution_A:g} | {seconds['fp32']:.1f} | "
                   f"{seconds['bf16']:.1f} | {seconds['bf16'] / seconds['fp32']:.2f} | "
                   f"{cells[0]} | {cells[1]} |", flush=True)

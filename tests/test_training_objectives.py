@@ -135,3 +135,35 @@ def test_checkpoints_are_chosen_by_the_real_maps_when_scored_else_by_the_loss(ti
                      tmp_path / "cubes")
         chosen.append(torch.load(tmp_path / "cubes" / "best.pt", weights_only=True)["step"])
     assert chosen == [1, 2, 2]
+
+
+def test_tta_is_the_mean_of_explicitly_flipped_runs_and_tta_1_is_the_plain_run(tiny_checkpoint,
+                                                                              tmp_path):
+    import numpy as np
+
+    from cryosamu_cli import mapio
+    from cryosamu_cli.enhance.pipeline import enhance_map
+    from cryosamu_cli.enhance.predictor import TTA_FLIPS, NetworkPredictor
+    from cryosamu_cli.weights import load_model
+    from tests.conftest import smooth_volume, write_mrc
+
+    model = load_model(tiny_checkpoint)
+    cubes = np.stack([np.abs(smooth_volume((32, 32, 32), seed=s)) for s in (1, 2)])
+    plain = NetworkPredictor(model, torch.device("cpu"))
+    flipped_runs = []
+    for dims in TTA_FLIPS:  # numpy axes of a (B, z, y, x) batch: one less than the tensor's
+        axes = tuple(d - 1 for d in dims)
+        run = plain(np.ascontiguousarray(np.flip(cubes, axes) if axes else cubes))
+        flipped_runs.append(np.flip(run, axes) if axes else run)
+    tta8 = NetworkPredictor(model, torch.device("cpu"), tta=8)(cubes)
+    np.testing.assert_allclose(tta8, np.mean(flipped_runs, axis=0), rtol=0, atol=1e-6)
+    assert float(np.abs(tta8 - flipped_runs[0]).max()) > 1e-4  # the flips do change it
+    source = write_mrc(tmp_path / "map.mrc", np.abs(smooth_volume((40, 40, 40), seed=3)))
+    outputs = []
+    for name, options in (("plain", {}), ("tta1", {"tta": 1})):
+        enhance_map(input_path=source, output_path=tmp_path / f"{name}.mrc",
+                    weights=tiny_checkpoint, device="cpu", resolution=6, **options)
+        outputs.append((tmp_path / f"{name}.mrc").read_bytes())
+    assert outputs[0] == outputs[1]
+    with pytest.raises(ConfigError, match="--tta"):
+        NetworkPredictor(model, torch.device("cpu"), tta=9)

@@ -76,6 +76,9 @@ def enhance_cmd(
     precision: Annotated[str, typer.Option(
         help="auto (bf16 on CUDA, fp16 where it lacks bf16; on a CPU bf16 where it computes "
         "bf16 natively, avx512_bf16 or AMX, else fp32), fp32, bf16 or fp16.")] = "auto",
+    tta: Annotated[int, typer.Option(
+        "--tta", min=1, max=8, help="Test-time augmentation: average the network over this "
+        "many axis flips of each cube (1 = none; N times the network's time).")] = 1,
     skip_existing: Annotated[bool, typer.Option(
         "--skip-existing", help="With --output-dir: leave maps whose output exists.")] = False,
     force: ForceOpt = False,
@@ -93,7 +96,7 @@ def enhance_cmd(
                        resolution=resolution, density_scale=density_scale)
     model_options = dict(weights=weights, device=device, batch_size=batch_size,
                          cube_size=cube_size, core_size=core_size, threads=threads,
-                         confidence=confidence, precision=precision)
+                         confidence=confidence, precision=precision, tta=tta)
     with user_errors(), _ProgressBars(quiet) as bars:
         paths = batch.expand_inputs(inputs, **bars.callbacks(download=True, maps=False))
         if output_path is not None and output_dir is not None:

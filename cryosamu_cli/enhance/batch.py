@@ -70,7 +70,7 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
                  weights: str | os.PathLike | None = None, device: str = "auto",
                  batch_size: int | None = None, cube_size: int = CUBE_SIZE, core_size: int = CORE_SIZE,
                  threads: int | None = None, confidence: int = 0, precision: str = "auto",
-                 resolution: str | float | resolution_ops.ResolutionRequest | None = None,
+                 tta: int = 1, resolution: str | float | resolution_ops.ResolutionRequest | None = None,
                  on_map_start: Callable[[Path, int, int], None] | None = None,
                  output_paths: Sequence[Path] | None = None,
                  **map_options: object) -> list[MapOutcome]:
@@ -108,7 +108,7 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
             output_paths=targets,
             skip_existing=skip_existing, force=force, weights=weights, batch_size=batch_size,
             cube_size=cube_size, core_size=core_size, threads=threads, confidence=confidence,
-            precision=precision, resolution=request, **map_options)
+            precision=precision, tta=tta, resolution=request, **map_options)
     enhancer = None
     outcomes = []
     for index, (input_path, target) in enumerate(zip((Path(p) for p in input_paths), targets)):
@@ -121,7 +121,8 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
 
         enhancer = enhancer or load_enhancer(
             weights=weights, device=device, batch_size=batch_size, cube_size=cube_size,
-            core_size=core_size, threads=threads, confidence=confidence, precision=precision)
+            core_size=core_size, threads=threads, confidence=confidence, precision=precision,
+            tta=tta)
         try:
             result = enhance.enhance_map(input_path=input_path, output_path=target,
                                  force=force and not skip_existing, confidence=confidence,

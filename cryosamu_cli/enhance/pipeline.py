@@ -99,7 +99,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                 mask_path: str | os.PathLike | None = None, mask_mode: str = "keep-inside",
                 strength: float = 1.0, confidence: int = 0,
                 skip_threshold: float = DEFAULT_SKIP_THRESHOLD, precision: str = "auto",
-                resolution: str | float | resolution_ops.ResolutionRequest | None = None,
+                tta: int = 1, resolution: str | float | resolution_ops.ResolutionRequest | None = None,
                 density_scale: str = DENSITY_SCALES[0],
                 band_edge: tuple[float, float] = BAND_EDGE,
                 progress: tiling.ProgressCallback | None = None,
@@ -126,8 +126,11 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
             a linear blend.
         confidence: Monte-Carlo dropout passes (≥ 2); writes ``<output>_std.mrc``.
         skip_threshold: Cubes whose normalised input never exceeds this are not run.
-        precision: ``auto`` (bf16 on CUDA, fp16 where it has no bf16, fp32 on CPU),
-            ``fp32``, ``bf16`` or ``fp16`` (:func:`cryosamu_cli.device.resolve_precision`).
+        precision: ``auto`` (bf16 on CUDA, fp16 where it has no bf16; on a CPU bf16 where it
+            computes bf16 natively, else fp32), ``fp32``, ``bf16`` or ``fp16``
+            (:func:`cryosamu_cli.device.resolve_precision`).
+        tta: Test-time augmentation: the mean over this many axis flips of each cube (1–8;
+            :data:`cryosamu_cli.enhance.predictor.TTA_FLIPS`).
         resolution: The map's resolution in Å (the output is limited to it), ``none`` (the
             network's full band), a CSV of path,resolution, or None: the half-map FSC = 0.143
             resolution with ``half2_path``, else an EMDB header beside the map, else an
@@ -159,7 +162,8 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
     enhancer = enhancer or load_enhancer(
         weights=weights, device=device, batch_size=batch_size, cube_size=cube_size,
         core_size=core_size, threads=threads, confidence=confidence,
-        skip_threshold=skip_threshold, precision=precision, download_progress=download_progress)
+        skip_threshold=skip_threshold, precision=precision, tta=tta,
+        download_progress=download_progress)
     clock.lap("load")
     normalised_1A, norm = _normalised_on_1A(data, grid)
     run_mask = _run_mask(mask, mask_mode, grid)

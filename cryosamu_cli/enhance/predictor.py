@@ -33,6 +33,8 @@ class Enhancer:
         skip_threshold: Cubes whose normalised input never exceeds this are not run.
         confidence_passes: Monte-Carlo dropout passes per cube (0: one deterministic pass).
         precision: Autocast dtype of the network (None: fp32).
+        precision_reason: Why that precision (``bf16: the CPU has avx512_bf16``).
+        tta: Axis flips averaged per cube (1: none; :data:`TTA_FLIPS`).
     """
 
     model: torch.nn.Module
@@ -45,6 +47,7 @@ class Enhancer:
     confidence_passes: int = 0
     precision: torch.dtype | None = None
     precision_reason: str = ""
+    tta: int = 1
     _predict: "NetworkPredictor" = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -56,7 +59,7 @@ class Enhancer:
         if self.confidence_passes < 0 or self.confidence_passes == 1:
             raise ConfigError("--confidence needs at least 2 passes (or 0 for none)")
         self._predict = NetworkPredictor(self.model, self.device, self.confidence_passes,
-                                         self.precision)
+                                         self.precision, self.tta)
 
     @property
     def precision_name(self) -> str:
@@ -84,13 +87,14 @@ def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "au
                   batch_size: int | None = None, cube_size: int = CUBE_SIZE, core_size: int = CORE_SIZE,
                   threads: int | None = None, confidence: int = 0,
                   skip_threshold: float = DEFAULT_SKIP_THRESHOLD, precision: str = "auto",
-                  download_progress: DownloadProgress | None = None) -> Enhancer:
+                  tta: int = 1, download_progress: DownloadProgress | None = None) -> Enhancer:
     """Resolve the device and weights and load the network once.
 
     Raises:
         CryosamuError: Unknown device, missing/corrupt weights, invalid sizes.
     """
     tiling.check_cube_sizes(cube_size, core_size)
+    check_tta(tta)
     if batch_size is not None:
         tiling.check_batch_size(batch_size)
     torch_device = resolve_device(device)
@@ -104,7 +108,7 @@ def load_enhancer(*, weights: str | os.PathLike | None = None, device: str = "au
     model = load_model(weights_path).to(torch_device, memory_format=torch.channels_last_3d)
     enhancer = Enhancer(model, torch_device, weights_path, batch_size or 1, cube_size,
                         core_size, skip_threshold, confidence, dtype,
-                        precision_reason(precision, torch_device))
+                        precision_reason(precision, torch_device), tta)
     if batch_size is None:
         enhancer.batch_size = auto_batch_size(enhancer)
     return enhancer
@@ -150,10 +154,27 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+# Test-time augmentation: axis flips of a (B, 1, z, y, x) batch, each exact on the grid; the
+# first N are averaged with --tta N (the identity first, so N = 1 is the plain run).
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (4,), (3,), (2,), (3, 4), (2, 4), (2, 3), (2, 3, 4))
+
+
+def check_tta(tta: int) -> None:
+    """Refuse a test-time augmentation count outside 1–8.
+
+    Raises:
+        ConfigError: It is.
+    """
+    if not 1 <= tta <= len(TTA_FLIPS):
+        raise ConfigError(f"--tta must be between 1 and {len(TTA_FLIPS)} (flip combinations "
+                          f"averaged), got {tta}")
+
+
 class NetworkPredictor:
     """The network as a numpy function for :mod:`cryosamu_cli.enhance.tiling`: ``(B, n, n, n)`` →
     ``(B, n, n, n)``, or ``(B, 2, n, n, n)`` (mean, standard deviation) over ``passes``
-    Monte-Carlo dropout passes.
+    Monte-Carlo dropout passes; with ``tta`` > 1 each output is the mean over the first
+    ``tta`` axis flips of :data:`TTA_FLIPS` (flipped in, flipped back out).
 
     Output that is not finite stops the run (:func:`cryosamu_cli.device.check_finite`).
     On CUDA the cubes are copied from pinned host memory without blocking the host. When the
@@ -162,8 +183,10 @@ class NetworkPredictor:
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device, passes: int = 0,
-                 precision: torch.dtype | None = None) -> None:
+                 precision: torch.dtype | None = None, tta: int = 1) -> None:
+        check_tta(tta)
         self.model, self.device, self.passes, self.precision = model, device, passes, precision
+        self.tta = tta
         self.max_batch: int | None = None
         model.eval()
         if passes:
@@ -202,9 +225,15 @@ class NetworkPredictor:
         return tensor.to(self.device, non_blocking=True, memory_format=torch.channels_last_3d)
 
     def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.precision or torch.float32,
-                            enabled=self.precision is not None):
-            output = self.model(inputs).float()
+        """The network's output (the mean over the ``tta`` flips)."""
+        total = None
+        for dims in TTA_FLIPS[:self.tta]:
+            with torch.autocast(self.device.type, dtype=self.precision or torch.float32,
+                                enabled=self.precision is not None):
+                output = self.model(inputs.flip(dims) if dims else inputs).float()
+            output = output.flip(dims) if dims else output
+            total = output if total is None else total + output
+        output = total if self.tta == 1 else total / self.tta
         check_finite(output, self.precision)
         return output
 
