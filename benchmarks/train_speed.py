@@ -70,6 +70,7 @@ def measure(preset: str, args, device) -> dict:
 
     from cryosamu_cli.training import loop as train
     from cryosamu_cli.training.augment import input_augmenter
+    from cryosamu_cli.training.distributed import training_network
     from cryosamu_cli.benchmark.timing import peak_rss_MiB, reset_peak_memory
     from cryosamu_cli.device import precision_name, resolve_precision, use_precision
     from cryosamu_cli.model.config import preset_config
@@ -82,7 +83,7 @@ def measure(preset: str, args, device) -> dict:
     precision = resolve_precision(args.precision, device, training=True)
     use_precision(precision, device)
     model = train.network_on_device(UNet3D.from_config(preset_config(preset)), device)
-    runner = train.training_network(model, 1, device, config)
+    runner = training_network(model, 1, device, compile_it=config.compile)
     batches = random_batches(args.warmup + args.steps, args.batch_size, args.edge, device)
     flops = step_flops(model, batches[0], config, precision, device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from cryosamu_cli import mapio
+from cryosamu_cli.errors import CryosamuError
 from cryosamu_cli.simulate import simulate_density
 
 # Ideal alpha helix: 3.6 residues per turn, 1.5 Å rise, backbone atom radii and phase offsets.
@@ -93,6 +94,18 @@ def example_grid() -> mapio.GridInfo:
 
 def write_example_map(output_path: str | os.PathLike, *, seed: int = 0,
                       force: bool = False) -> Path:
-    """Write the example map to ``output_path`` (atomically)."""
+    """Write the example map to ``output_path`` (atomically); an identical example already
+    there is left as it is (so the quickstart can be run again)."""
     data, grid = example_map(seed=seed)
+    if not force and Path(output_path).is_file() and _holds(Path(output_path), data):
+        return Path(output_path)
     return mapio.write_map(output_path, data, grid, force=force, note="example map")
+
+
+def _holds(path: Path, data: np.ndarray) -> bool:
+    """Whether the map at ``path`` is exactly ``data`` (an unreadable file is not)."""
+    try:
+        existing, _ = mapio.read_map(path)
+    except CryosamuError:  # an unreadable file is simply not the example
+        return False
+    return existing.shape == data.shape and bool(np.array_equal(existing, data))

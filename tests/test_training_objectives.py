@@ -167,3 +167,25 @@ def test_tta_is_the_mean_of_explicitly_flipped_runs_and_tta_1_is_the_plain_run(t
     assert outputs[0] == outputs[1]
     with pytest.raises(ConfigError, match="--tta"):
         NetworkPredictor(model, torch.device("cpu"), tta=9)
+
+
+def test_training_without_a_validation_split_warns_and_writes_valid_json(data_dir, tiny_config,  # noqa: F811
+                                                                        tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "no-val"
+    shutil.copytree(data_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["pairs"] = [p for p in manifest["pairs"] if p["split"] == "train"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    warnings = []
+    train.train(data_dir=folder, run_dir=tmp_path / "run", model_config=tiny_config,
+                config=_config(crop_size=32, max_steps_per_epoch=1), on_warning=warnings.append)
+    assert len(warnings) == 1 and "no validation cubes" in warnings[0]
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["best_val_loss"] is None

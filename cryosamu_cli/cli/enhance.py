@@ -209,7 +209,9 @@ class _ProgressBars:
 
     def estimate(self, cubes_to_run: int, seconds_per_cube: float) -> None:
         minutes = cubes_to_run * seconds_per_cube / 60
-        console.print(f"{cubes_to_run} cubes to run; about {minutes:.1f} min "
+        cubes = f"{cubes_to_run} cube" + ("" if cubes_to_run == 1 else "s")
+        duration = f"{minutes:.1f} min" if minutes >= 0.1 else f"{minutes * 60:.0f} s"
+        console.print(f"{cubes} to run; about {duration} "
                       f"({seconds_per_cube:.2f} s for the first cube)")
 
     def download(self, done: int, total: int | None) -> None:

@@ -102,11 +102,14 @@ def train_cmd(
                                    ema_decay=ema_decay)
     with user_errors():
         summary = train_lib.train(data_dir=data_dir, run_dir=run_dir, config=config,
-                                  resume=resume, on_epoch=_print_epoch)
+                                  resume=resume, on_epoch=_print_epoch,
+                                  on_warning=lambda text: console.print(f"Warning: {text}"))
     if summary["rank"] != 0:
         return
-    console.print(f"done: {summary['epochs']} epochs, {summary['steps']} steps, best "
-                  f"validation loss {summary['best_val_loss']:.4g}; checkpoints in {run_dir}")
+    best = ("no validation" if summary["best_val_loss"] is None
+            else f"best validation loss {summary['best_val_loss']:.4g}")
+    console.print(f"done: {summary['epochs']} epochs, {summary['steps']} steps, {best}; "
+                  f"checkpoints in {run_dir}")
 
 
 def _print_epoch(record: dict) -> None:

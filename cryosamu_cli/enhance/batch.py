@@ -195,7 +195,8 @@ def _enhance_on_devices(devices: list[str], *, input_paths: list[Path], threads:
 def expand_inputs(patterns: Sequence[str | os.PathLike],
                   download_progress=None) -> list[Path]:
     """Input paths: an existing file as it is (even with ``[`` or ``*`` in its name), glob
-    patterns (``'maps/*.map'``, quoted from the shell) expanded, and EMDB IDs (``EMD-1997``)
+    patterns (``'maps/*.map'``, quoted from the shell) expanded, and EMDB IDs (``EMD-1997``,
+    ``emd_1997``, ``EMD-1997.map``; never a path with a folder, which is a missing file)
     fetched with their header XML into the cache
     (:func:`cryosamu_cli.download.resolve_emdb_entry`).
 
@@ -217,7 +218,8 @@ def expand_inputs(patterns: Sequence[str | os.PathLike],
             if not matches:
                 raise ConfigError(f"no file matches {pattern}")
             paths.extend(Path(m) for m in matches)
-        elif download.EMDB_ID.match(download.without_map_suffix(Path(pattern).name)):
+        elif (Path(pattern).parent == Path(".")
+              and download.EMDB_ID.match(download.without_map_suffix(pattern))):
             paths.append(download.resolve_emdb_entry(pattern, cache_dir(), download_progress))
         else:
             paths.append(Path(pattern))

@@ -32,6 +32,7 @@ from cryosamu_cli.grid import shell_index
 # A full map whose half maps correlate 0.143 in a shell has this signal-to-noise ratio there.
 SNR_AT_RESOLUTION = 2 * 0.143 / (1 - 0.143)
 COARSEST_A = 12.0  # no estimate coarser than this (the model works at 4–8 Å)
+MAX_EDGE_VOXELS = 256  # larger maps are estimated on their central 256³ box
 EDGE_MIN_SLOPE = 4.0  # decades of amplitude per e-fold of frequency: a low-pass edge, not a B
 EDGE_OVERRIDE = 1.3  # the noise must meet the signal this far below an edge to overrule it
 MIN_SOLVENT_FRACTION = 0.08  # of the box, for the signal-to-noise estimate
@@ -64,6 +65,7 @@ def estimate_resolution(data: np.ndarray, voxel_size_zyx: tuple[float, ...]) -> 
             noise shows in the map.
     """
     finest = 2.0 * max(voxel_size_zyx)
+    data = central_crop(data, MAX_EDGE_VOXELS)
     frequency, amplitude = amplitude_spectrum(data, voxel_size_zyx)
     edge = post_processing_edge(frequency, amplitude, finest)
     snr = box_snr(data, voxel_size_zyx)
@@ -80,6 +82,13 @@ def estimate_resolution(data: np.ndarray, voxel_size_zyx: tuple[float, ...]) -> 
     raise ResolutionUnknownError(
         "the map's resolution cannot be estimated (no post-processing edge in its spectrum and "
         "no signal above the noise of its solvent): give it with --resolution R")
+
+
+def central_crop(data: np.ndarray, edge: int) -> np.ndarray:
+    """The central ``edge``-voxel box of a larger map (the whole map when it fits): bounds the
+    estimate's time and memory (about 9 s and 1 GB at 256³) on large maps."""
+    starts = [max(0, (n - edge) // 2) for n in data.shape]
+    return data[tuple(slice(s, s + edge) for s in starts)]
 
 
 def amplitude_spectrum(data: np.ndarray,

@@ -1,5 +1,6 @@
 """The processes of a ``torchrun`` run: rank, world size and device from torchrun's
-environment (one process without it), and a check that every rank ends with the same weights."""
+environment (one process without it), DDP around the network, and a check that every rank
+ends with the same weights."""
 
 from __future__ import annotations
 
@@ -45,3 +46,17 @@ def gather(value: str, world: int) -> list[str]:
     values = [None] * world
     torch.distributed.all_gather_object(values, value)
     return values
+
+
+def training_network(model: nn.Module, world: int, device: torch.device, *,
+                     compile_it: bool = False, unused_parameters: bool = False) -> nn.Module:
+    """What the training steps call: DDP around the model when several processes run
+    (``unused_parameters``: without embeddings the cross-attention takes no part in the loss,
+    nor on the steps ``--struct-dropout`` leaves without them, so DDP must allow unused
+    parameters), compiled with ``compile_it``."""
+    wrapped = model
+    if world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=unused_parameters)
+    return torch.compile(wrapped) if compile_it else wrapped

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -31,7 +32,8 @@ from torch import nn
 from cryosamu_cli.atomic import write_text_atomic
 from cryosamu_cli.training.augment import crop_and_flip, input_augmenter
 from cryosamu_cli.data.dataset import CubePairDataset
-from cryosamu_cli.training.distributed import gather, setup_distributed, teardown, weights_checksum
+from cryosamu_cli.training.distributed import (gather, setup_distributed, teardown,
+                                               training_network, weights_checksum)
 from cryosamu_cli.device import precision_name, resolve_precision, use_precision
 from cryosamu_cli.errors import ConfigError, NumericalError
 from cryosamu_cli.model.config import UNetConfig, preset_config
@@ -81,8 +83,11 @@ class TrainConfig:
 def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
           config: TrainConfig = TrainConfig(), resume: bool = False,
           model_config: UNetConfig | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> dict:
+          on_epoch: Callable[[dict], None] | None = None,
+          on_warning: Callable[[str], None] | None = None) -> dict:
     """Train on a ``prepare-data`` folder; returns the summary (also on non-zero ranks).
+    ``on_warning`` hears, before any step, what makes the run weaker than asked (no
+    validation split: ``best.pt`` then follows the last checkpoint).
 
     Raises:
         ConfigError: No training cubes, or nothing to resume from.
@@ -96,6 +101,9 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
         val_set = CubePairDataset(data_dir, "val")
         if len(train_set) == 0:
             raise ConfigError(f"{data_dir} has no training cubes")
+        if len(val_set) == 0 and not config.validate_on and on_warning is not None and rank == 0:
+            on_warning(f"{data_dir} has no validation cubes and no --validate-on was given: "
+                       "nothing chooses best.pt (it is the last checkpoint)")
         model_config = _struct_width(model_config, train_set, config)
         _check_crop(config.crop_size, model_config, train_set.cube_size)
         model = UNet3D.from_config(model_config)
@@ -104,7 +112,9 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
         model = network_on_device(model, device)
         ema = WeightAverage(model, config.ema_decay) if config.ema_decay else None
         real_maps = _real_validation_maps(config, rank)
-        ddp_model = training_network(model, world, device, config)
+        ddp_model = training_network(model, world, device, compile_it=config.compile,
+                                     unused_parameters=config.no_struct
+                                     or config.struct_dropout > 0)
         batches = training_batches(train_set, batch_size=config.batch_size, seed=config.seed,
                                    rank=rank, world=world, device=device)
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
@@ -210,20 +220,6 @@ def _real_validation_maps(config: TrainConfig, rank: int) -> list:
     return validation_maps_from_csv(config.validate_on)
 
 
-def training_network(model: nn.Module, world: int, device: torch.device,
-                     config: TrainConfig) -> nn.Module:
-    """What the training steps call: DDP around the model when several processes run
-    (without embeddings the cross-attention takes no part in the loss, nor on the steps
-    ``struct_dropout`` leaves without them, so DDP must allow unused parameters), compiled
-    with ``config.compile``."""
-    wrapped = model
-    if world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=config.no_struct or config.struct_dropout > 0)
-    return torch.compile(wrapped) if config.compile else wrapped
-
-
 def _schedule(optimiser, budget: TimeBudget | None, steps: int):
     """Cosine annealing over the run's ``steps``, or over the time ``budget``."""
     if budget is not None:
@@ -319,7 +315,8 @@ class _Run:
             self._validate_and_save(progress)  # unless the last checkpoint saw this state
         progress.seconds = self.seconds_before + time.perf_counter() - self.started
         return {"epochs": progress.epoch, "steps": progress.step,
-                "best_val_loss": progress.best_val_loss, "seconds": progress.seconds,
+                "best_val_loss": (progress.best_val_loss if math.isfinite(progress.best_val_loss)
+                                  else None), "seconds": progress.seconds,
                 "history": self.history}
 
     def _epoch(self, batches, progress: Progress, budget: TimeBudget | None) -> bool:
