@@ -207,3 +207,35 @@ def test_enhance_an_emdb_id_through_a_local_mirror_and_offline(shared_data, tmp_
     assert again.exit_code == 0, again.output
     assert hits == {"/emdb/EMD-1997/map/emd_1997.map.gz": 1,
                     "/emdb/EMD-1997/header/emd-1997-v30.xml": 1}  # the cache serves the rerun
+
+
+def test_local_resolution_of_two_halves_at_two_resolutions(tmp_path, tiny_checkpoint):
+    """Half maps whose left half holds detail to 4.5 Å and right half only to 9 Å: the
+    local resolution map shows the two regions, and enhance writes it as <output>_locres.mrc."""
+    from cryosamu_cli.enhance import local_resolution
+
+    rng = np.random.default_rng(0)
+    n = 96
+    base = rng.standard_normal((n,) * 3).astype(np.float32)
+    fine, coarse = (grid.band_limit(base, (1.0,) * 3, r) for r in (4.5, 9.0))
+    zz, yy, xx = np.indices((n,) * 3)
+    radius = np.sqrt((zz - n / 2) ** 2 + (yy - n / 2) ** 2 + (xx - n / 2) ** 2)
+    side = np.clip((xx - n / 2) / 8 + 0.5, 0, 1)
+    signal = ((1 - side) * fine + side * coarse) * np.clip((44 - radius) / 10, 0, 1) * 3
+    halves = [signal + 0.5 * rng.standard_normal(signal.shape).astype(np.float32)
+              for _ in range(2)]
+    local = local_resolution.local_resolution(halves[0], (1.0,) * 3, 6.0, halves[1])
+    left = np.median(local[(radius < 30) & (xx < n // 2 - 16)])
+    right = np.median(local[(radius < 30) & (xx > n // 2 + 16)])
+    assert right > 1.4 * left  # two regions, the coarse one on the right
+    assert 0.6 * 6.0 - 1e-4 <= local.min() and local.max() <= 2.0 * 6.0 + 1e-4
+    paths = [write_mrc(tmp_path / f"half{i}.mrc", h, voxel_size=(1.0,) * 3)
+             for i, h in enumerate(halves)]
+    out = tmp_path / "avg.mrc"
+    result = runner.invoke(app, ["enhance", str(paths[0]), "--half2", str(paths[1]), "-o",
+                                 str(out), "--weights", str(tiny_checkpoint),
+                                 "--local-resolution"])
+    assert result.exit_code == 0, result.output
+    written, _ = mapio.read_map(tmp_path / "avg_locres.mrc")
+    assert np.median(written[(radius < 30) & (xx > n // 2 + 16)]) > \
+        1.3 * np.median(written[(radius < 30) & (xx < n // 2 - 16)])

@@ -76,6 +76,10 @@ def enhance_cmd(
     precision: Annotated[str, typer.Option(
         help="auto (bf16 on CUDA, fp16 where it lacks bf16; on a CPU bf16 where it computes "
         "bf16 natively, avx512_bf16 or AMX, else fp32), fp32, bf16 or fp16.")] = "auto",
+    local_resolution: Annotated[bool, typer.Option(
+        "--local-resolution", help="Limit each region at its own resolution (the half maps' "
+        "local FSC, or the map's local signal over its solvent noise) and write it to "
+        "<output>_locres.mrc.")] = False,
     tta: Annotated[int, typer.Option(
         "--tta", min=1, max=8, help="Test-time augmentation: average the network over this "
         "many axis flips of each cube (1 = none; N times the network's time).")] = 1,
@@ -93,7 +97,8 @@ def enhance_cmd(
     from cryosamu_cli.errors import ConfigError
 
     map_options = dict(half2_path=half2, mask_path=mask, mask_mode=mask_mode, strength=strength,
-                       resolution=resolution, density_scale=density_scale)
+                       resolution=resolution, density_scale=density_scale,
+                       local_resolution=local_resolution)
     model_options = dict(weights=weights, device=device, batch_size=batch_size,
                          cube_size=cube_size, core_size=core_size, threads=threads,
                          confidence=confidence, precision=precision, tta=tta)

@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from cryosamu_cli import grid as grid_ops
 from cryosamu_cli import mapio, metrics
+from cryosamu_cli.enhance import local_resolution as local_resolution_ops
 from cryosamu_cli.enhance import memory
 from cryosamu_cli.enhance import tiling
 from cryosamu_cli.enhance import resolution as resolution_ops
@@ -99,7 +100,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                 mask_path: str | os.PathLike | None = None, mask_mode: str = "keep-inside",
                 strength: float = 1.0, confidence: int = 0,
                 skip_threshold: float = DEFAULT_SKIP_THRESHOLD, precision: str = "auto",
-                tta: int = 1, resolution: str | float | resolution_ops.ResolutionRequest | None = None,
+                tta: int = 1, local_resolution: bool = False, resolution: str | float | resolution_ops.ResolutionRequest | None = None,
                 density_scale: str = DENSITY_SCALES[0],
                 band_edge: tuple[float, float] = BAND_EDGE,
                 progress: tiling.ProgressCallback | None = None,
@@ -131,6 +132,10 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
             (:func:`cryosamu_cli.device.resolve_precision`).
         tta: Test-time augmentation: the mean over this many axis flips of each cube (1–8;
             :data:`cryosamu_cli.enhance.predictor.TTA_FLIPS`).
+        local_resolution: Limit each region at its own resolution (local FSC of the half
+            maps, or the local signal over the solvent's noise;
+            :mod:`cryosamu_cli.enhance.local_resolution`) and write it to
+            ``<output>_locres.mrc``.
         resolution: The map's resolution in Å (the output is limited to it), ``none`` (the
             network's full band), a CSV of path,resolution, or None: the half-map FSC = 0.143
             resolution with ``half2_path``, else an EMDB header beside the map, else an
@@ -149,12 +154,15 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
     started, clock = time.perf_counter(), StageClock()
     check_map_options(strength=strength, mask_mode=mask_mode, density_scale=density_scale)
     request = resolution_ops.parse_resolution(resolution)
-    outputs = _planned_outputs(Path(output_path), half2_path is not None, confidence > 0, force)
-    data, grid, fsc_curve = _read_input(input_path, half2_path)
+    outputs = _planned_outputs(Path(output_path), half2_path is not None, confidence > 0, force,
+                               local_resolution)
+    data, grid, fsc_curve, halves = _read_input(input_path, half2_path, local_resolution)
     memory.check_enhance_fits(grid.shape_zyx, grid.voxel_size_zyx)
     half_map_resolution = fsc_curve.resolution_at(FSC_THRESHOLD) if fsc_curve else None
     limit = resolution_ops.choose_resolution(request, input_path, half_map_resolution,
                                              grid.voxel_size_zyx, data)
+    local_A = _local_resolution(data, grid, limit, halves) if local_resolution else None
+    del halves
     mask = _read_mask(mask_path, grid)
     clock.lap("read")
     from cryosamu_cli.enhance.predictor import load_enhancer
@@ -172,7 +180,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                                               progress=progress, on_estimate=on_estimate)
     del normalised_1A  # the 1 Å arrays that are done with go before the next ones are made
     clock.lap("tiles")
-    enhanced_1A = _limit_band(enhanced_1A, limit, band_edge)
+    enhanced_1A = _limit_band(enhanced_1A, limit, band_edge, local_A, grid)
     enhanced = _back_to_grid(enhanced_1A, grid)
     enhanced, reference = _on_density_scale(enhanced, data, norm, density_scale)
     enhanced = _blend_with_input(enhanced, reference, strength, mask, mask_mode)
@@ -181,7 +189,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                   else f"1 = {norm.scale:.4g} input units")
     note = f"enhanced, {scale_note}, {limit.label()}, {enhancer.precision_name}"
     mapio.write_map(outputs["map"], enhanced, grid, force=force, note=note)
-    extra = _write_extras(outputs, grid, std_1A, fsc_curve, limit, force)
+    extra = _write_extras(outputs, grid, std_1A, fsc_curve, limit, force, local_A)
     clock.lap("write")
     stages = _split_tiles(clock.seconds, stats)
     return EnhanceResult(outputs["map"], enhancer.weights_path, str(enhancer.device),
@@ -201,13 +209,32 @@ def _normalised_on_1A(data: np.ndarray,
 
 
 def _limit_band(volume_1A: np.ndarray, limit: resolution_ops.ResolutionChoice,
-                edge: tuple[float, float]) -> np.ndarray:
-    """The network's 1 Å output low-passed at the chosen resolution (unchanged without one):
-    done before resampling back, so nothing beyond it can alias onto the input's grid."""
+                edge: tuple[float, float], local_A: np.ndarray | None = None,
+                grid: mapio.GridInfo | None = None) -> np.ndarray:
+    """The network's 1 Å output low-passed at the chosen resolution (unchanged without one),
+    or, with ``local_A`` (on the input's grid), at each region's own resolution: done before
+    resampling back, so nothing beyond it can alias onto the input's grid."""
     if limit.resolution_A is None:
         return volume_1A
+    if local_A is not None:
+        local_1A = grid_ops.resample_to_spacing(local_A, grid.voxel_size_zyx)
+        return local_resolution_ops.locally_limited(volume_1A, local_1A, limit.resolution_A,
+                                                    edge)
     return grid_ops.band_limit(volume_1A, (grid_ops.NETWORK_VOXEL_SIZE_A,) * 3,
                                limit.resolution_A, edge)
+
+
+def _local_resolution(data: np.ndarray, grid: mapio.GridInfo,
+                      limit: resolution_ops.ResolutionChoice,
+                      halves: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray | None:
+    """The local resolution on the input's grid: the half maps' local FSC when there are
+    half maps, else from the map itself (None without a global resolution to start from)."""
+    if limit.resolution_A is None:
+        return None
+    if halves is not None:
+        return local_resolution_ops.local_resolution(halves[0], grid.voxel_size_zyx,
+                                                     limit.resolution_A, halves[1])
+    return local_resolution_ops.local_resolution(data, grid.voxel_size_zyx, limit.resolution_A)
 
 
 def _split_tiles(seconds: dict[str, float], stats: tiling.TilingStats) -> dict[str, float]:
@@ -246,9 +273,11 @@ def companion_path(output_path: Path, suffix: str) -> Path:
 
 
 def _planned_outputs(output_path: Path, with_fsc: bool, with_std: bool,
-                     force: bool) -> dict[str, Path]:
+                     force: bool, with_locres: bool = False) -> dict[str, Path]:
     """Every file this run will write, each checked before any work is done."""
     outputs = {"map": output_path}
+    if with_locres:
+        outputs["locres"] = companion_path(output_path, "locres")
     if with_std:
         outputs["std"] = companion_path(output_path, "std")
     if with_fsc:
@@ -259,15 +288,18 @@ def _planned_outputs(output_path: Path, with_fsc: bool, with_std: bool,
 
 
 def _read_input(input_path: str | os.PathLike, half2_path: str | os.PathLike | None,
-                ) -> tuple[np.ndarray, mapio.GridInfo, metrics.FSCCurve | None]:
-    """The map to enhance: the input, or the average of two half maps with their FSC."""
+                keep_halves: bool = False,
+                ) -> tuple[np.ndarray, mapio.GridInfo, metrics.FSCCurve | None,
+                           tuple[np.ndarray, np.ndarray] | None]:
+    """The map to enhance: the input, or the average of two half maps with their FSC (and,
+    with ``keep_halves``, the halves themselves, for the local resolution)."""
     data, grid = mapio.read_map(input_path)
     if half2_path is None:
-        return data, grid, None
+        return data, grid, None, None
     half2, grid2 = mapio.read_map(half2_path)
     mapio.check_same_grid(grid, grid2, f"half map {half2_path}")
     curve = metrics.fsc(data, half2, grid.voxel_size_zyx)
-    return (data + half2) / 2, grid, curve
+    return (data + half2) / 2, grid, curve, (data, half2) if keep_halves else None
 
 
 def _read_mask(mask_path: str | os.PathLike | None, grid: mapio.GridInfo) -> np.ndarray | None:
@@ -336,10 +368,15 @@ def _blend_with_input(enhanced: np.ndarray, reference: np.ndarray, strength: flo
 
 
 def _write_extras(outputs: dict[str, Path], grid: mapio.GridInfo, std_1A: np.ndarray | None,
-                  fsc_curve: metrics.FSCCurve | None,
-                  limit: resolution_ops.ResolutionChoice, force: bool) -> tuple[Path, ...]:
-    """Write the standard-deviation map and the FSC JSON when they were asked for."""
+                  fsc_curve: metrics.FSCCurve | None, limit: resolution_ops.ResolutionChoice,
+                  force: bool, local_A: np.ndarray | None = None) -> tuple[Path, ...]:
+    """Write the standard-deviation map, the FSC JSON and the local resolution map when they
+    were asked for."""
     written = []
+    if "locres" in outputs:
+        local = local_A if local_A is not None else np.zeros(grid.shape_zyx, np.float32)
+        written.append(mapio.write_map(outputs["locres"], local, grid, force=force,
+                                       note="local resolution (A; 0: none)"))
     if std_1A is not None:
         std = np.maximum(_back_to_grid(std_1A, grid), 0.0)
         written.append(mapio.write_map(outputs["std"], std, grid, force=force,

@@ -94,10 +94,10 @@ def central_crop(data: np.ndarray, edge: int) -> np.ndarray:
 def amplitude_spectrum(data: np.ndarray,
                        voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Mean Fourier amplitude per shell up to Nyquist: ``(frequency in 1/Å, amplitude)``."""
-    return _shell_means(np.abs(np.fft.rfftn(data - data.mean())), data.shape, voxel_size_zyx)
+    return shell_means(np.abs(np.fft.rfftn(data - data.mean())), data.shape, voxel_size_zyx)
 
 
-def _shell_means(half_spectrum: np.ndarray, shape_zyx: tuple[int, ...],
+def shell_means(half_spectrum: np.ndarray, shape_zyx: tuple[int, ...],
                  voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The mean of an rFFT-shaped array per Fourier shell up to Nyquist, with the shells'
     frequencies in 1/Å."""
@@ -218,7 +218,7 @@ def molecule_and_solvent(data: np.ndarray,
 def _power_per_voxel(data: np.ndarray, weight: np.ndarray,
                      voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Shell power of ``data · weight`` per unit of ``weight²`` (a region's power per voxel)."""
-    frequency, power = _shell_means(np.abs(np.fft.rfftn(data * weight)) ** 2, data.shape,
+    frequency, power = shell_means(np.abs(np.fft.rfftn(data * weight)) ** 2, data.shape,
                                     voxel_size_zyx)
     return frequency, power / max(float((weight ** 2).sum()), 1e-12)
 
