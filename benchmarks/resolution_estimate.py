@@ -8,8 +8,9 @@ worst relative error per kind.
 
 Part 2, map quality on the validation maps (the ``train`` pairs of the validation split, never
 ``eval``), degraded to 4.5–8 Å raw and post-processed: the shipped network enhanced once, then
-band-limited at the known R (``enhance --resolution R``) and at the estimated R (the bare
-command), against the degraded map and that map low-passed at R. CC_box / CC_mask as the model
+band-limited at the known R (``enhance --resolution R``), at the estimated R (the bare
+command) and locally around it (``--local-resolution``), against the degraded map and that
+map low-passed at R. CC_box / CC_mask as the model
 card's validation scores them (:mod:`cryosamu_cli.training.validation`).
 
     python benchmarks/resolution_estimate.py ../shared/data/pairs.csv         # ~10 min, 2 cores
@@ -26,7 +27,7 @@ import numpy as np
 from cryosamu_cli import grid, mapio
 from cryosamu_cli.data import degrade
 from cryosamu_cli.data.pairs import read_pairs
-from cryosamu_cli.enhance import predictor
+from cryosamu_cli.enhance import local_resolution, predictor
 from cryosamu_cli.enhance.pipeline import BAND_EDGE
 from cryosamu_cli.enhance.resolution_estimate import estimate_resolution, molecule_and_solvent
 from cryosamu_cli.errors import ResolutionUnknownError
@@ -106,6 +107,10 @@ def map_quality(pairs_csv: str, weights: str | None) -> None:
         if np.isfinite(guess):
             maps["enhance (bare: estimated R)"] = grid.resample_to_grid(
                 grid.band_limit(full, (1.0,) * 3, guess, BAND_EDGE), *back)
+            local_A = local_resolution.local_resolution(vmap.data, voxel, guess)
+            maps["enhance --local-resolution (estimated R)"] = grid.resample_to_grid(
+                local_resolution.locally_limited(full, grid.resample_to_spacing(local_A, voxel),
+                                                 guess, BAND_EDGE), *back)
         print(f"\n{vmap.name}: estimate {guess:.2f} Å ({method})")
         for label, data in maps.items():
             scores = vmap.scores(data)
