@@ -27,7 +27,7 @@ def pass_through(monkeypatch):
     import cryosamu_cli.enhance.predictor as predictor_module
 
     monkeypatch.setattr(predictor_module, "NetworkPredictor",
-                        lambda model, device, passes, precision: lambda batch: batch.copy())
+                        lambda model, device, passes, precision, tta=1: lambda batch: batch.copy())
 
 
 def _header(path):
