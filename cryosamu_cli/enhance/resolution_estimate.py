@@ -1,7 +1,7 @@
 """The resolution of a map estimated from the map alone (when no value, half maps or EMDB
 header says it).
 
-Two signatures of the resolution; the second wins where it falls below the first:
+Two signatures of the resolution:
 
 1. **The post-processing edge.** A deposited map is usually low-passed at its FSC resolution
    (RELION, cryoSPARC, and the FSC weighting that rolls the amplitudes off towards it). Its
@@ -11,9 +11,12 @@ Two signatures of the resolution; the second wins where it falls below the first
 2. **Where the signal meets the noise.** In a raw map the noise also fills the solvent. The
    power per voxel inside the molecule (signal + noise) and in the solvent (noise) give the
    spectral signal-to-noise ratio of the whole box; ``R`` is where a line fitted to its log
-   against s² falls to that of an FSC = 0.143 shell, ``2 · 0.143 / (1 − 0.143)`` (as MonoRes compares molecule and solvent,
-   here one global figure). Searched only up to the edge of 1 when there is one: signal that
-   is lost in the noise before a low-pass edge says the edge is not the map's resolution.
+   against s² falls to that of an FSC = 0.143 shell, ``2 · 0.143 / (1 − 0.143)`` (as MonoRes
+   compares molecule and solvent, here one global figure).
+
+The edge is the answer when there is one, unless the measured SNR falls to the threshold
+``EDGE_OVERRIDE`` times coarser than it: signal lost in the noise well before a low-pass edge
+says the edge is an earlier low-pass, not the map's resolution (then 2, below the edge).
 
 A map with neither (no edge; no solvent, or no signal above the solvent's noise) has no
 estimate: :class:`ResolutionUnknownError` says so and how to give the resolution.
@@ -48,7 +51,7 @@ class ResolutionEstimate:
         resolution_A: The estimate.
         method: ``post-processing edge`` or ``signal/noise in the solvent``.
         confident: False when the signature was weak (then say so and how to give R).
-        detail: A short figure behind it (the edge's depth, or the solvent fraction).
+        detail: A short figure behind it (the edge's steepness, or the fit's residual).
     """
 
     resolution_A: float
