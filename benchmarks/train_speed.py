@@ -80,7 +80,7 @@ def measure(preset: str, args, device) -> dict:
     config = train.TrainConfig(preset=preset, batch_size=args.batch_size, no_struct=True,
                                augment=args.augment, precision=args.precision,
                                compile=args.compile)
-    precision = resolve_precision(args.precision, device, training=True)
+    precision = resolve_precision(args.precision, device)
     use_precision(precision, device)
     model = train.network_on_device(UNet3D.from_config(preset_config(preset)), device)
     runner = training_network(model, 1, device, compile_it=config.compile)
@@ -143,7 +143,7 @@ def main() -> None:
     args.edge = args.edge or (64 if cuda else 32)
     args.steps = args.steps or (30 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
-    dtype = resolve_precision(args.precision, device, training=True) or torch.float32
+    dtype = resolve_precision(args.precision, device) or torch.float32
     rate = matrix_tflops(device, dtype, 8192 if cuda else 2048)
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
     print(f"device: {name}; matrix rate in {dtype}: {rate:.2f} TFLOP/s (measured now)")

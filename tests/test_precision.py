@@ -65,7 +65,6 @@ def test_auto_on_a_cpu_follows_its_native_bf16(monkeypatch, amx, avx512_bf16, ex
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) is expected
     assert precision_reason("auto", cpu) == reason
-    assert resolve_precision("auto", cpu, training=True) is None  # training on a CPU: fp32
     assert precision_reason("fp32", cpu) == "fp32: asked for"
 
 

@@ -45,7 +45,9 @@ def train_cmd(
         "--struct-dropout", help="Fraction of training steps run without the structure "
         "embeddings, so that the network also learns the inference-time path (0: the "
         "paper).")] = 0.0,
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 on CUDA, fp16 where it lacks bf16; on a CPU bf16 where it computes "
+        "bf16 natively, else fp32), fp32, bf16 or fp16.")] = "auto",
     no_augment: Annotated[bool, typer.Option("--no-augment", help="No TorchIO "
                                              "augmentation.")] = False,
     max_steps: Annotated[Optional[int], typer.Option(help="Cap on steps per epoch "

@@ -122,7 +122,7 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
         budget = (TimeBudget(config.time_budget_minutes, config.checkpoint_minutes, world,
                              device) if config.time_budget_minutes else None)
         scheduler = _schedule(optimiser, budget, config.epochs * _steps_per_epoch(batches, config))
-        precision = resolve_precision(config.precision, device, training=True)
+        precision = resolve_precision(config.precision, device)
         use_precision(precision, device)
         progress = Progress()
         if rank == 0:
