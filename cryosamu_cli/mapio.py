@@ -127,6 +127,7 @@ def _open_file(path: Path) -> Iterator[tuple[np.ndarray, np.recarray]]:
                 if any("Map ID string not found" in p for p in problems):
                     raise MapReadError(f"{path} is not an MRC/CCP4 map (no MAP ID in its header)")
                 if mrc.data is None:
+                    _check_complete(path, mrc.header)
                     reason = problems[-1] if problems else "no data block"
                     raise MapReadError(f"cannot read the data of {path}: {reason}")
                 yield mrc.data, mrc.header.copy()
@@ -134,6 +135,26 @@ def _open_file(path: Path) -> Iterator[tuple[np.ndarray, np.recarray]]:
         raise
     except (ValueError, OSError, EOFError) as exc:
         raise MapReadError(f"cannot read {path} as an MRC/CCP4 map: {_first_line(exc)}") from exc
+
+
+def _check_complete(path: Path, header: np.recarray) -> None:
+    """Refuse, in words, an uncompressed file shorter than its header announces.
+
+    Raises:
+        MapReadError: Names the bytes announced and the bytes there.
+    """
+    if path.name.lower().endswith((".gz", ".bz2")):
+        return
+    try:
+        item = mrcfile.utils.data_dtype_from_header(header).itemsize
+    except ValueError:
+        return
+    expected = (1024 + int(header.nsymbt)
+                + int(header.nx) * int(header.ny) * int(header.nz) * item)
+    actual = path.stat().st_size
+    if actual < expected:
+        raise MapReadError(f"{path} is truncated: its header announces {expected:,} bytes, the "
+                           f"file has {actual:,} (download or copy it again)")
 
 
 def _grid_from_header(header: np.recarray, path: Path) -> GridInfo:

@@ -86,7 +86,7 @@ def _bad_inputs(tmp_path, good_map, checkpoint):
     return [
         ("missing", [str(tmp_path / "absent.mrc"), "-o", out, *w], "not found"),
         ("not mrc", [str(tmp_path / "text.mrc"), "-o", out, *w], "MRC"),
-        ("truncated", [str(truncated), "-o", out, *w], "data"),
+        ("truncated", [str(truncated), "-o", out, *w], "is truncated"),
         ("constant", [str(constant), "-o", out, *w], "constant"),
         ("empty", [str(empty), "-o", out, *w], "no positive density"),
         ("nan", [str(nan), "-o", out, *w], "NaN or infinite"),

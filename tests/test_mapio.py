@@ -104,8 +104,10 @@ def test_garbage_is_refused(tmp_path, content, message):
 
 def test_truncated_map_is_refused(tmp_path):
     path = write_mrc(tmp_path / "m.mrc", smooth_volume((16, 16, 16)))
+    full = len(path.read_bytes())  # 1024-byte header + 16³ float32
     path.write_bytes(path.read_bytes()[:-1000])
-    with pytest.raises(MapReadError, match="data"):
+    with pytest.raises(MapReadError, match=f"truncated: its header announces {full:,} bytes, "
+                                           f"the file has {full - 1000:,}"):
         mapio.read_map(path)
 
 
