@@ -47,8 +47,8 @@ def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
 
     ``auto`` depends only on what the device is, never on a timing, so the same command on the
     same machine always runs the same arithmetic (and writes the same bytes). On a 2-core AMD
-    EPYC with AVX-512 BF16, bf16 enhanced emd-1997 in 0.65–0.68× the time of fp32 with CC_mask
-    0.7197 against 0.7200, and a training step took 0.70× the time with the same loss curve
+    EPYC with AVX-512 BF16, bf16 enhanced emd-5168 and emd-1997 in 0.61–0.64× the time of fp32
+    with CC_mask within 0.002, and a training step took 0.70× the time with the same loss curve
     over a paired 60-step run; without native bf16, bf16 convolutions were slower than fp32 on
     every CPU measured (docs/performance.md).
     """
