@@ -161,17 +161,33 @@ def resolve_emdb_entry(entry: str, cache: Path, progress: Progress | None = None
     folder = cache / "emdb"
     map_path, header = folder / f"emd_{number}.map.gz", folder / f"emd-{number}-v30.xml"
     missing = [p for p in (map_path, header) if not p.is_file()]
-    if missing and is_offline():
+    if missing and is_offline():  # one line naming every missing file
         raise DownloadError(
             f"EMD-{number} is not in the cache ({folder}) and {OFFLINE_ENV} is set: download "
             f"{' and '.join(p.name for p in missing)} from {emdb_entry_url(number)}/ "
             f"(map/, header/) into that folder, or pass the map's path")
-    if missing:
-        ensure_writable(folder, "set CRYOSAMU_CACHE_DIR to a writable folder")
-    if not header.is_file():
-        fetch(f"{emdb_entry_url(number)}/header/{header.name}", header, progress=progress,
-              label=f"EMD-{number} header")
+    resolve_emdb_file(number, "header", header.name, cache, progress)
     return resolve_map(Path(f"EMD-{number}"), cache, progress)
+
+
+def resolve_emdb_file(number: str, subfolder: str, name: str, cache: Path,
+                      progress: Progress | None = None) -> Path:
+    """The file ``name`` of EMDB entry ``number``'s ``subfolder`` (``header``, ``other`` for
+    half maps) in ``cache/emdb``, fetched when not there yet.
+
+    Raises:
+        DownloadError: Offline (``CRYOSAMU_OFFLINE``) and not cached, or the download failed.
+    """
+    target = cache / "emdb" / name
+    if target.is_file():
+        return target
+    if is_offline():
+        raise DownloadError(f"{name} of EMD-{number} is not in the cache ({target.parent}) and "
+                            f"{OFFLINE_ENV} is set: download it from "
+                            f"{emdb_entry_url(number)}/{subfolder}/ into that folder")
+    ensure_writable(target.parent, "set CRYOSAMU_CACHE_DIR to a writable folder")
+    return fetch(f"{emdb_entry_url(number)}/{subfolder}/{name}", target, progress=progress,
+                 label=f"EMD-{number} {name}")
 
 
 def resolve_model(path: Path, cache: Path, progress: Progress | None = None) -> Path:

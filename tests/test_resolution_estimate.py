@@ -207,6 +207,22 @@ def test_enhance_an_emdb_id_through_a_local_mirror_and_offline(shared_data, tmp_
     assert again.exit_code == 0, again.output
     assert hits == {"/emdb/EMD-1997/map/emd_1997.map.gz": 1,
                     "/emdb/EMD-1997/header/emd-1997-v30.xml": 1}  # the cache serves the rerun
+    # --half-maps: the halves the header lists, from the entry's other/ folder; their FSC
+    # gives the resolution
+    data, info = mapio.read_map(shared_data / "pairs/emd-1997/1997.map")
+    rng = np.random.default_rng(4)
+    for number in (1, 2):
+        half = tmp_path / f"half{number}.mrc"
+        noisy = data + 0.2 * float(data.std()) * rng.standard_normal(data.shape)
+        mapio.write_map(half, noisy.astype(np.float32), info)
+        routes[f"/emdb/EMD-1997/other/emd_1997_half_map_{number}.map.gz"] = gzip.compress(
+            half.read_bytes())
+    halves = runner.invoke(app, ["enhance", "EMD-1997", "--half-maps", "-o", "halves.mrc",
+                                 "--weights", str(tiny_checkpoint)])
+    assert halves.exit_code == 0, halves.output
+    assert "half-map FSC=0.143" in mapio.read_map(tmp_path / "halves.mrc")[1].labels[-1]
+    assert (tmp_path / "halves_fsc.json").is_file()
+    assert hits["/emdb/EMD-1997/other/emd_1997_half_map_2.map.gz"] == 1
 
 
 def test_local_resolution_of_two_halves_at_two_resolutions(tmp_path, tiny_checkpoint):

@@ -76,6 +76,10 @@ def enhance_cmd(
     precision: Annotated[str, typer.Option(
         help="auto (bf16 on CUDA, fp16 where it lacks bf16; on a CPU bf16 where it computes "
         "bf16 natively, avx512_bf16 or AMX, else fp32), fp32, bf16 or fp16.")] = "auto",
+    half_maps: Annotated[bool, typer.Option(
+        "--half-maps", help="With an EMDB ID: also fetch the entry's half maps and enhance "
+        "their average (their FSC gives the resolution, and the local one with "
+        "--local-resolution).")] = False,
     local_resolution: Annotated[bool, typer.Option(
         "--local-resolution", help="Limit each region at its own resolution (the half maps' "
         "local FSC, or the map's local signal over its solvent noise) and write it to "
@@ -110,6 +114,16 @@ def enhance_cmd(
             if len(paths) != 1:
                 raise ConfigError(f"{len(paths)} maps need --output-dir DIR")
             output_path = batch.default_output_path(inputs[0], paths[0])
+        if half_maps:
+            if len(paths) != 1 or half2 is not None:
+                raise ConfigError("--half-maps takes one EMDB entry (and no --half2)")
+            from cryosamu_cli.enhance.emdb_header import fetch_half_maps
+            from cryosamu_cli.weights import cache_dir
+
+            paths[0], half2 = fetch_half_maps(paths[0], cache_dir(),
+                                              bars.callbacks(download=True).get(
+                                                  "download_progress"))
+            map_options["half2_path"] = half2
         if output_path is not None and len(paths) != 1:
             raise ConfigError(f"-o takes one INPUT but {len(paths)} were given; use --output-dir")
         several_devices = "," in device or device.strip().lower() == "cuda:all"

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryosamu_cli.errors import MetadataError
+from cryosamu_cli.errors import ConfigError, MetadataError
 
 ENTRY_NUMBER = re.compile(r"(?:^|[^0-9a-z])emd[-_]?(\d{4,5})(?![0-9])", re.IGNORECASE)
 
@@ -97,3 +97,28 @@ def _number(path: Path, element) -> float | None:
         raise MetadataError(f"{path.name}: <{element.tag}> holds '{element.text.strip()}', not a "
                          "positive number")
     return value
+
+
+def fetch_half_maps(map_path: str | os.PathLike, cache: Path,
+                    progress=None) -> tuple[Path, Path]:
+    """The two half maps that the EMDB header beside ``map_path`` lists, from the cache or
+    fetched from the entry's ``other/`` folder.
+
+    Raises:
+        ConfigError: No header beside the map, or it lists fewer than two half maps.
+        DownloadError: A half map cannot be had.
+    """
+    from cryosamu_cli import download
+
+    path = header_beside(map_path)
+    if path is None:
+        raise ConfigError(f"--half-maps needs an EMDB entry (EMD-NNNN) or its header XML beside "
+                          f"{Path(map_path).name}")
+    header = read_header(path)
+    if len(header.half_maps) < 2:
+        raise ConfigError(f"{header.entry} lists no half maps in its header ({path.name}): run "
+                          "without --half-maps")
+    number = header.entry.split("-")[-1]
+    first, second = (download.resolve_emdb_file(number, "other", name, cache, progress)
+                     for name in header.half_maps[:2])
+    return first, second
