@@ -12,6 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryosamu_cli.grid import shell_index
+
+# The half-map FSC that defines a map's resolution, and the signal-to-noise ratio of the full
+# map in a shell where its half maps correlate that much: 2 · FSC / (1 − FSC).
+FSC_THRESHOLD = 0.143
+SNR_AT_FSC_THRESHOLD = 2 * FSC_THRESHOLD / (1 - FSC_THRESHOLD)
 from cryosamu_cli.mapio import grid_origin_xyz
 
 

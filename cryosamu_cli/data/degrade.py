@@ -45,6 +45,7 @@ from scipy import ndimage
 
 from cryosamu_cli import mapio
 from cryosamu_cli.errors import ConfigError
+from cryosamu_cli.metrics import SNR_AT_FSC_THRESHOLD
 from cryosamu_cli.grid import band_limit, bfactor_sharpen, fitted_b_factor, shell_index, soft_mask
 from cryosamu_cli.data.map_statistics import background_mask, radial_power_spectrum
 from cryosamu_cli.simulate import simulate_density
@@ -87,8 +88,7 @@ def shaped_noise(shape_zyx: tuple[int, int, int], voxel_A: float, reference: tup
     return _shaped_noise_on(shape_zyx, (voxel_A,) * 3, reference, rng)
 
 
-# A full map whose half maps correlate 0.143 in a shell has SNR 2 * 0.143 / (1 - 0.143) there.
-SNR_AT_RESOLUTION = 2 * 0.143 / (1 - 0.143)
+SNR_AT_RESOLUTION = SNR_AT_FSC_THRESHOLD  # the SNR a degraded map has in its resolution's shell
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,13 @@ from scipy import ndimage
 
 from cryosamu_cli import grid as grid_ops
 from cryosamu_cli.enhance import resolution_estimate
+from cryosamu_cli.metrics import FSC_THRESHOLD
 
 WINDOW_A = 32.0  # edge of the window a local spectrum is measured in
 STRIDE_A = 8.0  # spacing of the window centres
 FINEST_FACTOR = 0.6  # local resolutions are kept within [0.6 R, 2 R] of the global R
 COARSEST_FACTOR = 2.0
 LADDER = (0.6, 0.75, 0.9, 1.0, 1.2, 1.45, 1.7, 2.0)  # the band limits blended (× global R)
-FSC_THRESHOLD = 0.143
 
 
 def local_resolution(data: np.ndarray, voxel_size_zyx: tuple[float, ...], global_A: float,
@@ -128,13 +128,11 @@ def _local_fsc_crossing(half1: np.ndarray, half2: np.ndarray, centre: tuple[int,
 
 
 def _crossing_A(frequency: np.ndarray, curve: np.ndarray, level: float) -> float:
-    """1 / the first frequency (after the lowest shells) where ``curve`` falls below
-    ``level``, interpolated; NaN where it never rises above it."""
-    for i in range(2, len(curve) - 1):
-        if curve[i] >= level > curve[i + 1]:
-            t = (curve[i] - level) / (curve[i] - curve[i + 1])
-            return 1.0 / float(frequency[i] + t * (frequency[i + 1] - frequency[i]))
-    return float("nan") if curve[2] < level else 1.0 / float(frequency[-1])
+    """1 / the first frequency (after the two lowest shells) where ``curve`` falls to
+    ``level``; NaN where it starts below it."""
+    if curve[2] < level:
+        return float("nan")
+    return 1.0 / resolution_estimate.first_crossing(frequency, curve, level, frequency[2])
 
 
 def _scaled_to_global(values: list[float], global_A: float) -> list[float]:

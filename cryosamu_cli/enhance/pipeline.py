@@ -42,7 +42,6 @@ if TYPE_CHECKING:  # torch is imported only once the input has passed its checks
     from cryosamu_cli.enhance.predictor import Enhancer
 
 MASK_MODES = ("enhance-inside", "keep-inside")
-FSC_THRESHOLD = 0.143
 MASK_EDGE_VOXELS = 3.0
 DENSITY_SCALES = ("input", "normalised")
 # The band limit's edge, as (pass, stop) multiples of 1/R (grid.low_pass_weights): a raised
@@ -158,7 +157,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                                local_resolution)
     data, grid, fsc_curve, halves = _read_input(input_path, half2_path, local_resolution)
     memory.check_enhance_fits(grid.shape_zyx, grid.voxel_size_zyx)
-    half_map_resolution = fsc_curve.resolution_at(FSC_THRESHOLD) if fsc_curve else None
+    half_map_resolution = fsc_curve.resolution_at(metrics.FSC_THRESHOLD) if fsc_curve else None
     limit = resolution_ops.choose_resolution(request, input_path, half_map_resolution,
                                              grid.voxel_size_zyx, data)
     local_A = _local_resolution(data, grid, limit, halves) if local_resolution else None
@@ -382,7 +381,7 @@ def _write_extras(outputs: dict[str, Path], grid: mapio.GridInfo, std_1A: np.nda
         written.append(mapio.write_map(outputs["std"], std, grid, force=force,
                                        note="MC-dropout standard deviation"))
     if fsc_curve is not None:
-        report = {**fsc_curve.to_dict(FSC_THRESHOLD),
+        report = {**fsc_curve.to_dict(metrics.FSC_THRESHOLD),
                   "output_limited_to": limit.to_dict()}
         text = json.dumps(report, indent=1)
         written.append(write_text_atomic(outputs["fsc"], text + "\n"))

@@ -5,8 +5,8 @@ or a CSV file of ``path,resolution`` rows for many maps. Without it, in this ord
 give their FSC = 0.143 resolution; an EMDB header XML beside the map gives the resolution EMDB
 records (:mod:`cryosamu_cli.enhance.emdb_header`); else it is estimated from the map
 (:mod:`cryosamu_cli.enhance.resolution_estimate`); a map that shows none gets the full band and
-a line saying so. The chosen :class:`ResolutionChoice` is recorded in the summary line, the JSON outputs
-and the output's header label.
+a line saying so. The chosen :class:`ResolutionChoice` is recorded in the summary line, the
+JSON outputs and the output's header label.
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ from scipy import ndimage
 
 from cryosamu_cli.errors import ResolutionUnknownError
 from cryosamu_cli.grid import shell_index
+from cryosamu_cli.metrics import SNR_AT_FSC_THRESHOLD
 
-# A full map whose half maps correlate 0.143 in a shell has this signal-to-noise ratio there.
-SNR_AT_RESOLUTION = 2 * 0.143 / (1 - 0.143)
+SNR_AT_RESOLUTION = SNR_AT_FSC_THRESHOLD  # a full map's SNR where its half maps' FSC is 0.143
 COARSEST_A = 12.0  # no estimate coarser than this (the model works at 4–8 Å)
 MAX_EDGE_VOXELS = 256  # larger maps are estimated on their central 256³ box
 EDGE_MIN_SLOPE = 4.0  # decades of amplitude per e-fold of frequency: a low-pass edge, not a B
@@ -142,7 +142,7 @@ def log_slopes(frequency: np.ndarray,
     return slope, np.exp((log_f[1:] + log_f[:-1]) / 2)
 
 
-def _first_crossing(frequency: np.ndarray, values: np.ndarray, level: float,
+def first_crossing(frequency: np.ndarray, values: np.ndarray, level: float,
                     start: float) -> float:
     """The first frequency from ``start`` on where ``values`` falls to ``level`` (linear
     interpolation between shells)."""
@@ -200,7 +200,7 @@ def solvent_noise_crossing(frequency: np.ndarray, snr: np.ndarray,
 def _measured_crossing_A(frequency: np.ndarray, snr: np.ndarray) -> float:
     """The resolution where the measured SNR (3-shell running median) first falls to the
     threshold, from ``1/COARSEST_A`` on."""
-    crossing = _first_crossing(frequency, np.log(np.maximum(_smoothed(snr), 1e-12)),
+    crossing = first_crossing(frequency, np.log(np.maximum(_smoothed(snr), 1e-12)),
                                np.log(SNR_AT_RESOLUTION), 1.0 / COARSEST_A)
     return 1.0 / max(crossing, 1e-6)
 
