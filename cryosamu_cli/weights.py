@@ -158,19 +158,23 @@ def resolve_weights(weights: str | os.PathLike | None = None, *, name: str | Non
     """Find the checkpoint to use, downloading it into the cache if needed.
 
     Args:
-        weights: An explicit checkpoint path; used as is when given.
+        weights: An explicit checkpoint path, used as is when it exists; otherwise a name of
+            the manifest (``cryosamu-light-v1``), as DeepEMhancer's ``-p`` takes names.
         name: Manifest entry to use instead of the default.
         manifest: Registry to use (default: the shipped manifest).
         progress: Download progress callback ``(bytes_done, bytes_total)``.
 
     Raises:
-        WeightsError: The explicit file is missing, no model is available, or offline mode
-            forbids the download.
+        WeightsError: The explicit file is missing (and is no manifest name), no model is
+            available, or offline mode forbids the download.
         DownloadError: The download failed.
     """
+    manifest = manifest or load_manifest()
+    if weights is not None and not Path(weights).is_file() and str(weights) in manifest.entries:
+        name, weights = str(weights), None
     if weights is not None:
-        return _existing_file(weights, "weights")
-    return _local_or_downloaded((manifest or load_manifest()).get(name), progress, "--weights")
+        return _existing_file(weights, "weights", known=sorted(manifest.entries))
+    return _local_or_downloaded(manifest.get(name), progress, "--weights")
 
 
 def resolve_encoder_weights(name: str, weights: str | os.PathLike | None = None, *,
@@ -190,15 +194,17 @@ def resolve_encoder_weights(name: str, weights: str | os.PathLike | None = None,
                                 "--encoder-weights")
 
 
-def _existing_file(path: str | os.PathLike, what: str) -> Path:
-    """An explicitly given weights file, which must exist.
+def _existing_file(path: str | os.PathLike, what: str, known: list[str] | None = None) -> Path:
+    """An explicitly given weights file, which must exist (``known``: the names that would
+    have been taken instead, named in the error).
 
     Raises:
         WeightsError: It does not.
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"{what} file not found: {path}")
+        names = f" (nor a pretrained model's name: {', '.join(known)})" if known else ""
+        raise WeightsError(f"{what} file not found: {path}{names}")
     return path
 
 

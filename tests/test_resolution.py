@@ -110,6 +110,26 @@ def test_resolution_finer_than_the_map_can_hold_is_refused_half_maps_are_clamped
         "not given"
 
 
+def test_a_map_outside_the_trained_range_gets_one_warning_line(tmp_path, tiny_checkpoint):
+    assert choose_resolution(parse_resolution("6"), "m.mrc", None, (1.0,) * 3).warning == ""
+    fine = choose_resolution(parse_resolution(None), "m.mrc", 2.8, (1.0,) * 3)
+    assert "2.80 Å (half-map FSC=0.143)" in fine.warning and "4–8 Å" in fine.warning
+    assert "3.00 Å (--resolution)" in choose_resolution(parse_resolution("3"), "m.mrc", None,
+                                                        (1.0,) * 3).warning
+    coarse = choose_resolution(parse_resolution(None), "m.mrc", None, (11.4,) * 3)
+    assert "11.40 Å voxels hold no detail finer than 22.8 Å" in coarse.warning
+    assert coarse.to_dict()["resolution_warning"] == coarse.warning
+    source = write_mrc(tmp_path / "in.mrc", np.abs(smooth_volume((20, 20, 20))))
+    argv = ["enhance", str(source), "-o", str(tmp_path / "out.mrc"), "--weights",
+            str(tiny_checkpoint), "--resolution", "3"]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1 and "outside the 4–8 Å the model was trained for" in warnings[0]
+    in_range = runner.invoke(app, [*argv[:-1], "6", "--force"])
+    assert in_range.exit_code == 0 and "Warning" not in in_range.stderr
+
+
 def _radial_power_beyond(volume: np.ndarray, voxel_A: float, resolution_A: float) -> float:
     """Fraction of the (mean-removed) power at frequencies above 1/resolution."""
     power = np.abs(np.fft.rfftn(volume - volume.mean())) ** 2

@@ -88,6 +88,24 @@ def test_lookup_order_explicit_then_cache_then_shipped(server, cache, tmp_path, 
     assert weights.resolve_weights(explicit, manifest=manifest) == explicit
 
 
+def test_weights_takes_a_manifest_name_where_no_such_file_exists(server, cache, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    manifest = _manifest(_entry(f"{server}/model.pt"))
+    other = weights.WeightsEntry(name="other-model", file="other.pt", url="", sha256="0" * 64,
+                                 size=3, config={})
+    manifest.entries[other.name] = other
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "other.pt").write_bytes(b"abc")
+    assert weights.resolve_weights("other-model", manifest=manifest) == shipped / "other.pt"
+    (tmp_path / "other-model").write_bytes(b"a file of that name wins")
+    assert weights.resolve_weights("other-model", manifest=manifest).name == "other-model"
+    with pytest.raises(WeightsError, match="nor a pretrained model's name: other-model, "
+                                           "test-model"):
+        weights.resolve_weights("no-such-model", manifest=manifest)
+
+
 def test_a_cached_file_of_the_wrong_size_is_downloaded_again(server, cache):
     cache.mkdir()
     (cache / "model.pt").write_bytes(PAYLOAD[:10])

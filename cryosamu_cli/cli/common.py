@@ -19,7 +19,8 @@ from cryosamu_cli.errors import CryosamuError
 console = Console(stderr=True, highlight=False, markup=False)
 
 WeightsOpt = Annotated[Optional[Path], typer.Option(
-    "--weights", help="Checkpoint to use instead of the pretrained model.", dir_okay=False)]
+    "--weights", help="Checkpoint file, or the name of a pretrained model ('cryosamu weights "
+    "list'), to use instead of the default model.", dir_okay=False)]
 DeviceOpt = Annotated[str, typer.Option(
     "--device", help="Where the network runs: auto, cpu or cuda:N.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]

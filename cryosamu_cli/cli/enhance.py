@@ -162,6 +162,8 @@ def _print_summary(result) -> None:
                   f"{result.cubes_run} "
                   f"cubes run, {result.cubes_skipped} skipped → {result.output_path}{extra}{half}")
     console.print(f"Output {result.resolution.summary()}")
+    if result.resolution.warning:
+        console.print(f"Warning: {result.resolution.warning}", soft_wrap=True)
 
 
 def _print_table(outcomes) -> None:
@@ -183,6 +185,10 @@ def _print_table(outcomes) -> None:
     if unlimited:
         console.print(f"{len(unlimited)} map(s) written with the "
                       f"{unlimited[0].result.resolution.summary()}")
+    for o in outcomes:
+        if o.result and o.result.resolution.warning:
+            console.print(f"Warning: {o.input_path.name}: {o.result.resolution.warning}",
+                          soft_wrap=True)
 
 
 class _ProgressBars:

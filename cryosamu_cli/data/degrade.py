@@ -46,6 +46,7 @@ from scipy import ndimage
 from cryosamu_cli import mapio
 from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.metrics import SNR_AT_FSC_THRESHOLD
+from cryosamu_cli.model.config import TRAINED_RESOLUTION_RANGE_A
 from cryosamu_cli.grid import band_limit, bfactor_sharpen, fitted_b_factor, shell_index, soft_mask
 from cryosamu_cli.data.map_statistics import background_mask, radial_power_spectrum
 from cryosamu_cli.simulate import simulate_density
@@ -168,7 +169,7 @@ def check_kind(kind: str) -> str:
 
 def draw(rng: np.random.Generator, kind: str = "basic") -> Degradation:
     """One random degradation: steps 1–5 (``basic``), or 1–9 (``realistic``)."""
-    basic = dict(resolution_A=float(rng.uniform(4.0, 8.0)),
+    basic = dict(resolution_A=float(rng.uniform(*TRAINED_RESOLUTION_RANGE_A)),
                  b_global=float(rng.uniform(20.0, 120.0)),
                  shift_A=tuple(float(x) for x in rng.uniform(0.0, 1.0, 3)),
                  blobs=int(rng.integers(0, 4)), snr=float(rng.uniform(0.7, 3.0)))

@@ -14,13 +14,14 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from cryosamu_cli.enhance import emdb_header, resolution_estimate
 from cryosamu_cli.errors import ConfigError, ResolutionUnknownError
+from cryosamu_cli.model.config import TRAINED_RESOLUTION_RANGE_A
 
 ESTIMATED = "estimated from the map"
 NOT_ESTIMABLE = "not estimable"  # the source of a full band when nothing gives a resolution
@@ -30,11 +31,13 @@ FINEST_RESOLUTION_A = 2.0
 
 @dataclass(frozen=True)
 class ResolutionChoice:
-    """The resolution the output is limited to (None: the full band) and its source."""
+    """The resolution the output is limited to (None: the full band), its source, a note on
+    it, and a warning when the map lies outside what the model was trained for."""
 
     resolution_A: float | None
     source: str
     note: str = ""
+    warning: str = ""
 
     def summary(self) -> str:
         """Words for the summary line (with the note, e.g. a low-confidence estimate's)."""
@@ -61,7 +64,8 @@ class ResolutionChoice:
     def to_dict(self) -> dict:
         """For JSON reports."""
         return {"resolution_A": self.resolution_A, "resolution_source": self.source,
-                "resolution_note": self.note or None}
+                "resolution_note": self.note or None,
+                "resolution_warning": self.warning or None}
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,8 @@ def _read_csv(path: Path) -> dict[str, float | None]:
 def choose_resolution(request: ResolutionRequest, input_path: str | os.PathLike,
                       half_map_resolution_A: float | None, voxel_size_zyx: tuple[float, ...],
                       data: np.ndarray | None = None) -> ResolutionChoice:
-    """The resolution for one map, checked against what its grid can hold.
+    """The resolution for one map, checked against what its grid can hold, with a warning
+    when the map lies outside the resolutions the model was trained for.
 
     Order: a value or CSV row given by the user; else the half-map FSC = 0.143 resolution;
     else an EMDB header XML beside the map; else an estimate from ``data`` (the map
@@ -178,6 +183,29 @@ def choose_resolution(request: ResolutionRequest, input_path: str | os.PathLike,
             map's (or the network grid's) Nyquist limit.
         MetadataError: The EMDB header beside the map cannot be read.
     """
+    choice = _chosen(request, input_path, half_map_resolution_A, voxel_size_zyx, data)
+    return replace(choice, warning=range_warning(choice, voxel_size_zyx))
+
+
+def range_warning(choice: ResolutionChoice, voxel_size_zyx: tuple[float, ...]) -> str:
+    """One line when the map lies outside the trained range: voxels too coarse to hold it, or
+    a resolution outside it ("" otherwise)."""
+    low, high = TRAINED_RESOLUTION_RANGE_A
+    trained = f"the {low:g}–{high:g} Å the model was trained for: check the output against the input"
+    coarsest_voxel = max(voxel_size_zyx)
+    if 2.0 * coarsest_voxel > high:
+        return (f"its {coarsest_voxel:.2f} Å voxels hold no detail finer than "
+                f"{2.0 * coarsest_voxel:.1f} Å, coarser than {trained}")
+    resolution = choice.resolution_A
+    if resolution is None or low <= resolution <= high:
+        return ""
+    return f"its resolution, {resolution:.2f} Å ({choice.source}), is outside {trained}"
+
+
+def _chosen(request: ResolutionRequest, input_path: str | os.PathLike,
+            half_map_resolution_A: float | None, voxel_size_zyx: tuple[float, ...],
+            data: np.ndarray | None) -> ResolutionChoice:
+    """:func:`choose_resolution`'s choice, in its order of sources."""
     if request.full_band:
         return ResolutionChoice(None, "--resolution none")
     if request.csv_path is not None:

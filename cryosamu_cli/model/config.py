@@ -7,6 +7,10 @@ from typing import Any
 
 from cryosamu_cli.errors import ConfigError
 
+# The map resolutions the networks are trained for (paper §3.1: training maps are drawn from
+# 4–8 Å, data/degrade.py); enhance says so in one line for a map outside them.
+TRAINED_RESOLUTION_RANGE_A = (4.0, 8.0)
+
 
 @dataclass(frozen=True)
 class UNetConfig:
