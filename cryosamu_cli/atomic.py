@@ -44,3 +44,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_target(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+@contextmanager
+def folder_removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
+    """Make the folder ``path`` (and its missing parents) for the block; on leaving it, remove
+    again each folder this made that is still empty, so a command that failed before writing
+    anything leaves no empty folders behind (what it did write stays, e.g. for ``--resume``).
+    """
+    path = Path(path)
+    made = [folder for folder in (path, *path.parents) if not folder.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    finally:
+        for folder in made:  # the deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): keep it and everything above it
+                break

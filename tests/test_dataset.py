@@ -75,6 +75,16 @@ def test_resume_skips_finished_pairs(two_pairs_csv, tmp_path):
     assert [e["name"] for e in first["pairs"]] == names == [e["name"] for e in second["pairs"]]
 
 
+def test_an_interrupted_first_run_leaves_no_empty_folders(two_pairs_csv, tmp_path):
+    def interrupt(count):
+        raise KeyboardInterrupt  # Ctrl-C before the first pair finishes
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare_data(pairs_csv=two_pairs_csv, output_dir=tmp_path / "new" / "data",
+                             on_plan=interrupt)
+    assert not (tmp_path / "new").exists()
+
+
 def test_dataset_reads_back_the_cubes_written_and_splits_are_by_map(two_pairs_csv, tmp_path):
     out = tmp_path / "data"
     manifest = prepare.prepare_data(pairs_csv=two_pairs_csv, output_dir=out)

@@ -96,6 +96,14 @@ def test_run_checkpoints_and_resume_continues(data_dir, tiny_config, tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
+def test_a_failed_run_leaves_no_empty_run_folder(data_dir, tiny_config, tmp_path):
+    run = tmp_path / "runs" / "new"
+    with pytest.raises(train.ConfigError, match="nothing to resume"):
+        train.train(data_dir=data_dir, run_dir=run, config=_config(), model_config=tiny_config,
+                    resume=True)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_best_checkpoint_loads_in_enhance(data_dir, tiny_config, tmp_path):
     run = tmp_path / "run"
     train.train(data_dir=data_dir, run_dir=run, config=_config(), model_config=tiny_config)

@@ -293,3 +293,17 @@ def test_quiet_batch_prints_nothing_on_success_and_options_are_checked_unused(tm
                                      "--weights", str(tiny_checkpoint)])
         assert unused.exit_code == 1 and "unknown mask mode 'foo'" in unused.output
     assert not (tmp_path / "x.mrc").exists() and not (tmp_path / "y").exists()
+
+
+def test_batch_where_every_map_fails_leaves_no_output_folder(tmp_path, maps, tiny_checkpoint):
+    out = tmp_path / "out"
+    (maps / "bad2.mrc").write_bytes(b"not a map")
+    result = runner.invoke(app, ["enhance", str(maps / "bad.mrc"), str(maps / "bad2.mrc"),
+                                 "--output-dir", str(out), "--weights", str(tiny_checkpoint)])
+    assert result.exit_code == 1
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    result = runner.invoke(app, ["enhance", str(maps / "bad.mrc"), str(maps / "good0.mrc"),
+                                 "--output-dir", str(kept), "--weights", str(tiny_checkpoint)])
+    assert result.exit_code == 1
+    assert [p.name for p in kept.iterdir()] == ["good0_enhanced.mrc"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from cryosamu_cli import __version__, grid, mapio, simulate
 from cryosamu_cli.data import degrade
-from cryosamu_cli.atomic import atomic_target, write_text_atomic
+from cryosamu_cli.atomic import atomic_target, folder_removed_if_left_empty, write_text_atomic
 from cryosamu_cli.data.dataset import MANIFEST_FORMAT
 from cryosamu_cli.errors import ConfigError, CryosamuError
 from cryosamu_cli.data.pair_shards import (DEGRADE_REAL_RANGE_A, DegradedPairJob, PrepareOptions,
@@ -87,35 +87,35 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
     degrade.check_kind(options.degradation)
     jobs = _jobs(pairs_csv, role, simulate_from, noise_reference, seed, simulate_repeats,
                  degrade_real)
-    (output_dir / "shards").mkdir(parents=True, exist_ok=True)
-    manifest = _load_manifest(output_dir, options)
-    done = {e["name"]: e for e in manifest["pairs"] if _is_finished(e, output_dir)}
-    todo = [job for job in jobs if job.name not in done]
-    manifest["pairs"] = [done[job.name] for job in jobs if job.name in done]
-    if options.dedup_identity is not None:
-        todo, duplicates = deduplicate(todo, options.dedup_identity)
-        manifest["pairs"] += duplicates
-    to_embed = [e for e in manifest["pairs"] if _needs_embedding(e, embedder)]
-    if embedder is not None:
-        manifest["struct_encoder"] = {"name": embedder.name, "dim": embedder.dim}
-    if on_plan is not None:
-        on_plan(len(todo) + len(to_embed))
-    for entry in to_embed:
-        _embed_entry(output_dir, entry, embedder)
-        _save_manifest(output_dir, manifest)
-        if on_pair is not None:
-            on_pair(entry)
-    for entry in _run_jobs(todo, output_dir, options, workers, download_progress):
-        if _needs_embedding(entry, embedder):
+    with folder_removed_if_left_empty(output_dir / "shards"):  # a failure leaves no empty folder
+        manifest = _load_manifest(output_dir, options)
+        done = {e["name"]: e for e in manifest["pairs"] if _is_finished(e, output_dir)}
+        todo = [job for job in jobs if job.name not in done]
+        manifest["pairs"] = [done[job.name] for job in jobs if job.name in done]
+        if options.dedup_identity is not None:
+            todo, duplicates = deduplicate(todo, options.dedup_identity)
+            manifest["pairs"] += duplicates
+        to_embed = [e for e in manifest["pairs"] if _needs_embedding(e, embedder)]
+        if embedder is not None:
+            manifest["struct_encoder"] = {"name": embedder.name, "dim": embedder.dim}
+        if on_plan is not None:
+            on_plan(len(todo) + len(to_embed))
+        for entry in to_embed:
             _embed_entry(output_dir, entry, embedder)
-        manifest["pairs"].append(entry)
+            _save_manifest(output_dir, manifest)
+            if on_pair is not None:
+                on_pair(entry)
+        for entry in _run_jobs(todo, output_dir, options, workers, download_progress):
+            if _needs_embedding(entry, embedder):
+                _embed_entry(output_dir, entry, embedder)
+            manifest["pairs"].append(entry)
+            _save_manifest(output_dir, manifest)
+            if on_pair is not None:
+                on_pair(entry)
+        order = {job.name: i for i, job in enumerate(jobs)}
+        manifest["pairs"].sort(key=lambda e: order.get(e["name"], len(order)))
         _save_manifest(output_dir, manifest)
-        if on_pair is not None:
-            on_pair(entry)
-    order = {job.name: i for i, job in enumerate(jobs)}
-    manifest["pairs"].sort(key=lambda e: order.get(e["name"], len(order)))
-    _save_manifest(output_dir, manifest)
-    return manifest
+        return manifest
 
 
 def _jobs(pairs_csv, role, simulate_from, noise_reference, seed, repeats: int = 1,

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryosamu_cli.atomic import folder_removed_if_left_empty
 from cryosamu_cli.enhance import pipeline as enhance
 from cryosamu_cli.enhance import resolution as resolution_ops
 from cryosamu_cli.enhance.pipeline import EnhanceResult, companion_path
@@ -100,18 +101,31 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
     request = resolution_ops.parse_resolution(resolution)
     resolution_ops.check_listed(request, [Path(p) for p in input_paths])
     targets = list(output_paths or output_paths_for([Path(p) for p in input_paths], output_dir))
-    output_dir.mkdir(exist_ok=True)
-    devices = split_devices(device)
-    if len(devices) > 1:
-        return _enhance_on_devices(
-            devices, input_paths=[Path(p) for p in input_paths], output_dir=output_dir,
-            output_paths=targets,
-            skip_existing=skip_existing, force=force, weights=weights, batch_size=batch_size,
-            cube_size=cube_size, core_size=core_size, threads=threads, confidence=confidence,
-            precision=precision, tta=tta, resolution=request, **map_options)
+    options = dict(weights=weights, batch_size=batch_size, cube_size=cube_size,
+                   core_size=core_size, threads=threads, confidence=confidence,
+                   precision=precision, tta=tta, resolution=request, **map_options)
+    with folder_removed_if_left_empty(output_dir):  # every map failed: no empty folder left
+        devices = split_devices(device)
+        if len(devices) > 1:
+            return _enhance_on_devices(
+                devices, input_paths=[Path(p) for p in input_paths], output_dir=output_dir,
+                output_paths=targets, skip_existing=skip_existing, force=force, **options)
+        return _enhance_in_turn([Path(p) for p in input_paths], targets, device=device,
+                                skip_existing=skip_existing, force=force,
+                                on_map_start=on_map_start, **options)
+
+
+def _enhance_in_turn(input_paths: list[Path], targets: list[Path], *, device: str,
+                     skip_existing: bool, force: bool,
+                     on_map_start: Callable[[Path, int, int], None] | None,
+                     weights: str | os.PathLike | None, batch_size: int | None, cube_size: int,
+                     core_size: int, threads: int | None, confidence: int, precision: str,
+                     tta: int, **map_options: object) -> list[MapOutcome]:
+    """The maps one after another in this process, with one model loaded at the first map
+    that runs."""
     enhancer = None
     outcomes = []
-    for index, (input_path, target) in enumerate(zip((Path(p) for p in input_paths), targets)):
+    for index, (input_path, target) in enumerate(zip(input_paths, targets)):
         if skip_existing and target.exists():
             outcomes.append(MapOutcome(input_path, target, "skipped", "output exists"))
             continue
@@ -125,8 +139,9 @@ def enhance_many(*, input_paths: Sequence[str | os.PathLike], output_dir: str | 
             tta=tta)
         try:
             result = enhance.enhance_map(input_path=input_path, output_path=target,
-                                 force=force and not skip_existing, confidence=confidence,
-                                 resolution=request, enhancer=enhancer, **map_options)
+                                         force=force and not skip_existing,
+                                         confidence=confidence, enhancer=enhancer,
+                                         **map_options)
             outcomes.append(MapOutcome(input_path, target, "ok", result=result))
         except CryosamuError as exc:
             outcomes.append(MapOutcome(input_path, target, "failed", str(exc)))

@@ -23,13 +23,14 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from cryosamu_cli.atomic import write_text_atomic
+from cryosamu_cli.atomic import folder_removed_if_left_empty, write_text_atomic
 from cryosamu_cli.training.augment import crop_and_flip, input_augmenter
 from cryosamu_cli.data.dataset import CubePairDataset
 from cryosamu_cli.training.distributed import (gather, setup_distributed, teardown,
@@ -125,18 +126,17 @@ def train(*, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
         precision = resolve_precision(config.precision, device)
         use_precision(precision, device)
         progress = Progress()
-        if rank == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            progress = restore(run_dir / "last.pt", model, optimiser,
-                               None if budget else scheduler, device, ema)
-        run = _Run(ddp_model, model, optimiser, scheduler, config, precision, device, rank,
-                   run_dir, (val_set, real_maps), on_epoch, ema)
-        summary = run.loop(batches, progress, budget)
-        summary["final_weight_checksums"] = gather(weights_checksum(model), world)
-        summary["rank"] = rank
-        if rank == 0:
-            write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+        with folder_removed_if_left_empty(run_dir) if rank == 0 else nullcontext():
+            if resume:
+                progress = restore(run_dir / "last.pt", model, optimiser,
+                                   None if budget else scheduler, device, ema)
+            run = _Run(ddp_model, model, optimiser, scheduler, config, precision, device, rank,
+                       run_dir, (val_set, real_maps), on_epoch, ema)
+            summary = run.loop(batches, progress, budget)
+            summary["final_weight_checksums"] = gather(weights_checksum(model), world)
+            summary["rank"] = rank
+            if rank == 0:
+                write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
         return summary
     finally:
         teardown(world)
