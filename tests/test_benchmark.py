@@ -49,6 +49,14 @@ def test_timing_report_has_every_field(tmp_path, tiny_checkpoint):
     assert report["records"][1]["voxels"] == 60 ** 3
     assert (tmp_path / "t.csv").read_text().count("\n") == 3
     _assert_png(tmp_path / "fig5.png")
+    # results on stdout, progress on stderr; 17 columns do not fit 80, so one block per map
+    # with whole numbers on their own lines
+    assert "synthetic_60.mrc: run 3/3" in result.stderr and "seconds_median" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    medians = [line for line in lines if line.startswith("  seconds_median: ")]
+    assert [float(line.split(": ")[1]) for line in medians] == pytest.approx(
+        [r["seconds_median"] for r in report["records"]], rel=1e-3)
 
 
 def test_flop_count_scales_with_the_cube(tiny_config):

@@ -143,7 +143,7 @@ def test_example_then_enhance_through_the_cli(tmp_path, tiny_checkpoint):
     result = runner.invoke(app, ["enhance", str(example), "-o", str(tmp_path / "e.mrc"),
                                  "--weights", str(tiny_checkpoint), "--batch-size", "4"])
     assert result.exit_code == 0, result.output
-    assert "8 cubes run, 0 skipped" in result.stderr and (tmp_path / "e.mrc").is_file()
+    assert "8 cubes run, 0 skipped" in result.stdout and (tmp_path / "e.mrc").is_file()
 
 
 def test_weights_commands(tmp_path, monkeypatch):
@@ -159,7 +159,7 @@ def test_weights_commands(tmp_path, monkeypatch):
     assert missing.exit_code == 1 and "unknown weights name" in missing.stderr
     default = manifest.default
     here = runner.invoke(app, ["weights", "download", default])  # shipped: nothing to fetch
-    assert here.exit_code == 0 and "already here" in here.stderr, here.output
+    assert here.exit_code == 0 and "already here" in here.stdout, here.output
     verified = runner.invoke(app, ["weights", "verify"])
     shipped = {name: e for name, e in manifest.entries.items()
                if (weights.shipped_weights_dir() / e.file).is_file()}

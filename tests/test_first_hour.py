@@ -48,7 +48,7 @@ def test_two_runs_in_separate_processes_write_identical_bytes(tmp_path, tiny_che
         done = _cryosamu("enhance", str(source), "-o", str(out), "--weights",
                          str(tiny_checkpoint), "--resolution", "6")
         assert done.returncode == 0, done.stderr
-        assert f"({AUTO_REASON})" in done.stderr  # the summary names the precision and why
+        assert f"({AUTO_REASON})" in done.stdout  # the summary names the precision and why
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
     with mrcfile.open(tmp_path / "run0.mrc") as mrc:

@@ -71,6 +71,7 @@ def test_the_wheel_holds_every_subpackage_and_imports_outside_the_checkout(tmp_p
         assert f"cryosamu_cli/{sub}/__init__.py" in names, sub
     assert "cryosamu_cli/data/paper_pairs.csv" in names
     assert "cryosamu_cli/weights/manifest.json" in names
+    assert "cryosamu_cli/docs/MODEL_CARD.md" in names  # `weights list` points at it
     site = tmp_path / "site"
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q",
                                 "--target", str(site), str(wheel)],
@@ -79,7 +80,9 @@ def test_the_wheel_holds_every_subpackage_and_imports_outside_the_checkout(tmp_p
     code = ("import cryosamu_cli, cryosamu_cli.enhance.pipeline, cryosamu_cli.training.loop, "
             "cryosamu_cli.data.prepare, cryosamu_cli.benchmark.quality; "
             "from cryosamu_cli.data.prepare import PAPER_PAIRS; "
-            "print(cryosamu_cli.__file__); print(PAPER_PAIRS.is_file())")
+            "from cryosamu_cli.cli.weights import model_card_path; "
+            "print(cryosamu_cli.__file__); print(PAPER_PAIRS.is_file() and "
+            "model_card_path().is_file())")
     env = {**os.environ, "PYTHONPATH": str(site)}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)

@@ -50,12 +50,12 @@ def test_batch_goes_on_after_a_corrupt_map_and_skip_existing_touches_nothing(
     assert first.exit_code == 1
     assert sorted(p.name for p in out.iterdir()) == ["good0_enhanced.mrc", "good1_enhanced.mrc"]
     assert "bad.mrc" in first.stderr
-    assert "3 maps: 2 enhanced, 0 skipped (output exists), 1 failed" in first.stderr
+    assert "3 maps: 2 enhanced, 0 skipped (output exists), 1 failed" in first.stdout
     stamps = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
     again = runner.invoke(app, [*argv, "--skip-existing"])
     assert again.exit_code == 1  # the corrupt map still fails
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == stamps
-    assert "3 maps: 0 enhanced, 2 skipped (output exists), 1 failed" in again.stderr
+    assert "3 maps: 0 enhanced, 2 skipped (output exists), 1 failed" in again.stdout
 
 
 def test_batch_results_equal_single_runs(tmp_path, maps, tiny_checkpoint):

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cryosamu_cli.cli.common import (BatchSizeOpt, DeviceOpt, WeightsOpt, console, epilog,
-                                     table_with, user_errors)
+                                     print_table, user_errors)
 
 app = typer.Typer(help="Timing reports and map–model quality (Phenix definitions).",
                   no_args_is_help=True)
@@ -112,9 +112,6 @@ def quality_cmd(
 
 
 def _table(rows: list[dict], columns: list[str]) -> None:
-    table = table_with(*columns)
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else
-                        f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c])
-                        for c in columns))
-    console.print(table)
+    print_table(columns, ([("" if row.get(c) is None else
+                            f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c]))
+                           for c in columns] for row in rows))

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Column, Table
+from rich.measure import Measurement
+from rich.table import Table
 from rich.text import Text
 
 from cryosamu_cli.errors import CryosamuError
 
 # markup=False: user text (paths like map[old].mrc, hints like pip install 'cryosamu[plots]')
 # is printed as it is, never read as rich markup
+# Progress, warnings and errors go to stderr (console); what a command reports (tables,
+# summaries) to stdout (results), so `cryosamu benchmark quality ... > results.txt` holds them.
 console = Console(stderr=True, highlight=False, markup=False)
+results = Console(highlight=False, markup=False)
 
 WeightsOpt = Annotated[Optional[Path], typer.Option(
     "--weights", help="Checkpoint file, or the name of a pretrained model ('cryosamu weights "
@@ -38,9 +42,23 @@ def parse_batch_size(text: str) -> int | None:
         raise typer.BadParameter(f"'{text}' is not auto or a whole number") from None
 
 
-def table_with(*headers: str) -> Table:
-    """A rich table whose cells wrap instead of being cut to '…' (narrow or piped output)."""
-    return Table(*(Column(h, overflow="fold") for h in headers))
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Rows on stdout: a table where it fits the width; else one block per row, its first cell
+    and then ``header: value`` lines (at 80 columns or in a pipe, a table of many columns
+    would split names and numbers across lines)."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    table = Table(*headers)
+    for row in rows:
+        table.add_row(*row)
+    unbounded = results.options.update(max_width=1_000_000)  # the width it would take
+    if Measurement.get(results, unbounded, table).maximum <= results.width:
+        results.print(table)
+        return
+    for row in rows:
+        results.print(row[0], soft_wrap=True)
+        for header, cell in zip(headers[1:], row[1:]):
+            if cell:
+                results.print(f"  {header}: {cell}", soft_wrap=True)
 
 
 BatchSizeOpt = Annotated[int | None, typer.Option(

@@ -10,7 +10,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from cryosamu_cli.cli.common import (BatchSizeOpt, ForceOpt, QuietOpt, WeightsOpt, console,
-                                     epilog, table_with, user_errors)
+                                     epilog, print_table, results, user_errors)
 from cryosamu_cli.enhance.tiling import CORE_SIZE, CUBE_SIZE
 
 app = typer.Typer()
@@ -48,7 +48,8 @@ def enhance_cmd(
     batch_size: BatchSizeOpt = "auto",
     cube_size: Annotated[int, typer.Option(help="Edge of the cubes the network sees.")] = CUBE_SIZE,
     core_size: Annotated[int, typer.Option(help="Edge of the kept centre of each cube.")] = CORE_SIZE,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        metavar="N≥1", help="CPU threads for torch (default: every core).")] = None,
     half2: Annotated[Optional[Path], typer.Option(
         "--half2", dir_okay=False, help="Second half map (INPUT is the first): enhance their "
         "average and write their FSC to <output>_fsc.json.")] = None,
@@ -58,7 +59,7 @@ def enhance_cmd(
         help="enhance-inside: enhance only within the mask; keep-inside: keep the input "
         "density within it (ligands, lipids, RNA).")] = "keep-inside",
     strength: Annotated[float, typer.Option(
-        help="1 = fully enhanced, 0 = the input (on the output's density scale); in between, "
+        metavar="0..1", help="1 = fully enhanced, 0 = the input (on the output's density scale); in between, "
         "a blend.")] = 1.0,
     density_scale: Annotated[str, typer.Option(
         "--density-scale", metavar="input|normalised", help="input: the output in the input's "
@@ -66,7 +67,7 @@ def enhance_cmd(
         "levels carry over); normalised: the network's scale (0 solvent, 1 the input's 99.9th "
         "percentile).")] = "input",
     confidence: Annotated[int, typer.Option(
-        help="Monte-Carlo dropout passes (≥ 2): output their mean and write the per-voxel "
+        metavar="0|N≥2", help="Monte-Carlo dropout passes (≥ 2): output their mean and write the per-voxel "
         "standard deviation to <output>_std.mrc.")] = 0,
     resolution: Annotated[Optional[str], typer.Option(
         "--resolution", metavar="R|none|CSV", help="The map's resolution in Å: the output is "
@@ -157,33 +158,31 @@ def _print_summary(result) -> None:
     extra = "".join(f", {p}" for p in result.extra_outputs)
     half = (f"; half-map FSC=0.143 at {result.half_map_resolution_A:.2f} Å"
             if result.half_map_resolution_A else "")
-    console.print(f"Enhanced in {result.seconds:.1f} s on {result.device} "
+    results.print(f"Enhanced in {result.seconds:.1f} s on {result.device} "
                   f"({result.precision_reason or result.precision}): "
                   f"{result.cubes_run} "
                   f"cubes run, {result.cubes_skipped} skipped → {result.output_path}{extra}{half}")
-    console.print(f"Output {result.resolution.summary()}")
+    results.print(f"Output {result.resolution.summary()}")
     if result.resolution.warning:
         console.print(f"Warning: {result.resolution.warning}", soft_wrap=True)
 
 
 def _print_table(outcomes) -> None:
-    table = table_with("map", "status", "cubes run", "cubes skipped", "seconds", "resolution",
-                  "output / reason")
-    for o in outcomes:
-        r = o.result
-        table.add_row(str(o.input_path), o.status, str(r.cubes_run) if r else "",
-                      str(r.cubes_skipped) if r else "", f"{r.seconds:.1f}" if r else "",
-                      r.resolution.label() if r else "",
-                      str(o.output_path) if o.status == "ok" else o.message)
-    console.print(table)
+    print_table(["map", "status", "cubes run", "cubes skipped", "seconds", "resolution",
+                 "output / reason"],
+                ([str(o.input_path), o.status, str(o.result.cubes_run) if o.result else "",
+                  str(o.result.cubes_skipped) if o.result else "",
+                  f"{o.result.seconds:.1f}" if o.result else "",
+                  o.result.resolution.label() if o.result else "",
+                  str(o.output_path) if o.status == "ok" else o.message] for o in outcomes))
     count = {status: sum(o.status == status for o in outcomes) for status in ("ok", "skipped",
                                                                                "failed")}
-    console.print(f"{len(outcomes)} maps: {count['ok']} enhanced, {count['skipped']} skipped "
+    results.print(f"{len(outcomes)} maps: {count['ok']} enhanced, {count['skipped']} skipped "
                   f"(output exists), {count['failed']} failed")
     unlimited = [o for o in outcomes if o.result and o.result.resolution.resolution_A is None
                  and o.result.resolution.source != "--resolution none"]
     if unlimited:
-        console.print(f"{len(unlimited)} map(s) written with the "
+        results.print(f"{len(unlimited)} map(s) written with the "
                       f"{unlimited[0].result.resolution.summary()}")
     for o in outcomes:
         if o.result and o.result.resolution.warning:

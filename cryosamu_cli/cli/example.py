@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cryosamu_cli.cli.common import ForceOpt, console, epilog, user_errors
+from cryosamu_cli.cli.common import ForceOpt, epilog, results, user_errors
 
 app = typer.Typer()
 
@@ -25,4 +25,4 @@ def example_cmd(
 
     with user_errors():
         path = write_example_map(output_path, seed=seed, force=force)
-    console.print(f"Example map written to {path}")
+    results.print(f"Example map written to {path}")

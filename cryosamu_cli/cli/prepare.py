@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cryosamu_cli.cli.common import console, epilog, table_with, user_errors
+from cryosamu_cli.cli.common import console, epilog, print_table, user_errors
 
 app = typer.Typer()
 
@@ -119,10 +119,8 @@ def prepare_cmd(
             degrade_real=degrade_real,
             embedder=embedder, on_plan=lambda n: bar.update(task, total=n), on_pair=finished,
             download_progress=downloading)
-    table = table_with("pair", "split", "status", "cubes", "CC_mask", "resolution", "reason")
-    for e in manifest["pairs"]:
-        table.add_row(e["name"], e["split"], e["status"], str(e["cubes"]),
-                      str(e.get("cc_mask", "")), str(e.get("resolution_A") or ""),
-                      e.get("reason", ""))
-    console.print(table)
+    print_table(["pair", "split", "status", "cubes", "CC_mask", "resolution", "reason"],
+                ([e["name"], e["split"], e["status"], str(e["cubes"]), str(e.get("cc_mask", "")),
+                  str(e.get("resolution_A") or ""), e.get("reason", "")]
+                 for e in manifest["pairs"]))
 

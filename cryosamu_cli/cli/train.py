@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryosamu_cli.cli.common import console, epilog, user_errors
+from cryosamu_cli.cli.common import console, epilog, results, user_errors
 from cryosamu_cli.training.loss import DEFAULT_CORR_WEIGHT, LOSSES
 from cryosamu_cli.training.time_budget import DEFAULT_CHECKPOINT_MINUTES
 
@@ -110,7 +110,7 @@ def train_cmd(
         return
     best = ("no validation" if summary["best_val_loss"] is None
             else f"best validation loss {summary['best_val_loss']:.4g}")
-    console.print(f"done: {summary['epochs']} epochs, {summary['steps']} steps, {best}; "
+    results.print(f"done: {summary['epochs']} epochs, {summary['steps']} steps, {best}; "
                   f"checkpoints in {run_dir}")
 
 

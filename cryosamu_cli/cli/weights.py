@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryosamu_cli.cli.common import console, epilog, table_with, user_errors
+from cryosamu_cli.cli.common import epilog, print_table, results, user_errors
 
 app = typer.Typer(help="List, pre-fetch and verify pretrained weights.", no_args_is_help=True)
 
@@ -19,19 +19,32 @@ def list_cmd() -> None:
 
     with user_errors():
         manifest = weights_lib.load_manifest()
-    table = table_with("name", "default", "size (MB)", "local copy", "description")
+    if not manifest.entries:
+        results.print("No pretrained models are listed in this version.")
+        return
+    rows = []
     for entry in manifest.entries.values():
         local = [p for p in (weights_lib.cache_dir() / entry.file,
                              weights_lib.shipped_weights_dir() / entry.file) if p.is_file()]
-        table.add_row(entry.name, "yes" if entry.name == manifest.default else "",
-                      f"{entry.size / 1e6:.1f}", str(local[0]) if local else "not downloaded",
-                      entry.description)
+        rows.append([entry.name, "yes" if entry.name == manifest.default else "",
+                     f"{entry.size / 1e6:.1f}", str(local[0]) if local else "not downloaded",
+                     entry.description])
     for encoder in manifest.encoders.values():
         local = weights_lib.local_copy(encoder)
-        table.add_row(encoder.name, "", f"{encoder.size / 1e6:.1f}",
-                      str(local) if local else "not downloaded",
-                      f"{encoder.description} ({encoder.licence})")
-    console.print(table if manifest.entries else "No pretrained models are listed in this version.")
+        rows.append([encoder.name, "", f"{encoder.size / 1e6:.1f}",
+                     str(local) if local else "not downloaded",
+                     f"{encoder.description} ({encoder.licence})"])
+    print_table(["name", "default", "size (MB)", "local copy", "description"], rows)
+    results.print(f"Model card (what each model achieves, on which data): "
+                  f"{model_card_path()}", soft_wrap=True)
+
+
+def model_card_path() -> Path:
+    """The model card (what each model achieves, on which data): shipped inside the wheel,
+    or in the source checkout's ``docs/``."""
+    package = Path(__file__).resolve().parents[1]
+    inside_package = package / "docs" / "MODEL_CARD.md"
+    return inside_package if inside_package.is_file() else package.parent / "docs" / "MODEL_CARD.md"
 
 
 @app.command("download", epilog=epilog("cryosamu weights download cryosamu-light-v1"))
@@ -45,10 +58,10 @@ def download_cmd(name: Annotated[Optional[str], typer.Argument(
         entry = weights_lib.load_manifest().any_entry(name)
         present = weights_lib.verified_local_copy(entry)
         if present is not None:
-            console.print(f"{entry.name} is already here (checksum verified): {present}")
+            results.print(f"{entry.name} is already here (checksum verified): {present}")
             return
         path = weights_lib.download_weights(entry)
-    console.print(f"{entry.name} saved to {path}")
+    results.print(f"{entry.name} saved to {path}")
 
 
 @app.command("verify", epilog=epilog("cryosamu weights verify"))
@@ -62,7 +75,7 @@ def verify_cmd() -> None:
     for entry in [*manifest.entries.values(), *manifest.encoders.values()]:
         for path, status in weights_lib.verify_entry(entry).items():
             corrupt += status != "ok"
-            console.print(f"{entry.name}: {path}: {status}")
+            results.print(f"{entry.name}: {path}: {status}")
     if corrupt:
         raise typer.Exit(code=1)
 
@@ -88,4 +101,4 @@ def add_cmd(
         entry = weights_lib.register_weights(checkpoint=checkpoint, name=name,
                                              description=description, url=url,
                                              make_default=default, folder=folder)
-    console.print(f"{entry.name}: {entry.file}, {entry.size} bytes, sha256 {entry.sha256}")
+    results.print(f"{entry.name}: {entry.file}, {entry.size} bytes, sha256 {entry.sha256}")
