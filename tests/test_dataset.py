@@ -85,6 +85,18 @@ def test_an_interrupted_first_run_leaves_no_empty_folders(two_pairs_csv, tmp_pat
     assert not (tmp_path / "new").exists()
 
 
+def test_a_pair_the_protein_filter_refuses_says_so_even_without_a_resolution(shared_data,
+                                                                               tmp_path):
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("name,map,model,resolution,split\n"
+                        f"rna,{shared_data}/pairs/emd-35448/35448_8ihl.mrc,"
+                        f"{shared_data}/pairs/emd-35448/35448_8ihl.cif,,train\n")
+    (entry,) = prepare.prepare_data(pairs_csv=csv_path, output_dir=tmp_path / "d")["pairs"]
+    assert entry["status"] == "filtered" and "protein_only" in entry["reason"]
+    shown = runner.invoke(app, ["prepare-data", "--help"], env={"COLUMNS": "200"})
+    assert "(required with --simulate-from)" in shown.stdout
+
+
 def test_dataset_reads_back_the_cubes_written_and_splits_are_by_map(two_pairs_csv, tmp_path):
     out = tmp_path / "data"
     manifest = prepare.prepare_data(pairs_csv=two_pairs_csv, output_dir=out)

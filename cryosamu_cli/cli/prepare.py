@@ -49,10 +49,10 @@ def prepare_cmd(
                                           "CC_mask is below this.")] = 0.65,
     simulate_from: Annotated[Optional[list[Path]], typer.Option(
         "--simulate-from", file_okay=False, help="Folder of models to simulate "
-        "experimental-like pairs from (may be repeated).")] = None,
+        "experimental-like pairs from (may be repeated; needs --noise-reference).")] = None,
     noise_reference: Annotated[Optional[Path], typer.Option(
         "--noise-reference", dir_okay=False, help="Real map whose noise spectrum the "
-        "simulated maps follow.")] = None,
+        "simulated maps follow (required with --simulate-from).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulated degradations.")] = 0,
     simulate_repeats: Annotated[int, typer.Option(
         "--simulate-repeats", min=1, help="Simulated maps per model, each with its own "

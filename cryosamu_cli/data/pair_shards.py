@@ -152,15 +152,15 @@ def _prepare(pair: Pair, output_dir: Path, options: PrepareOptions, split: str,
     """The named steps of one pair; returns the entry fields it adds."""
     if split == "excluded":
         return {"status": "filtered", "reason": f"role '{pair.split}' is not for training"}
-    resolution = _checked_resolution(pair, options)
     map_path, model_path = sources(pair, download_progress)
-    data, grid_info = mapio.read_map(map_path)
     atoms = heavy_atoms(read_atoms(model_path))
     filters = protein_filters(atoms)
-    info = {"grid": _grid_summary(grid_info), "filters": filters}
-    if not all(filters.values()):
+    if not all(filters.values()):  # named before anything else: the model alone decides it
         failed = ", ".join(k for k, ok in filters.items() if not ok)
-        return {**info, "status": "filtered", "reason": f"structure filter: {failed}"}
+        return {"filters": filters, "status": "filtered", "reason": f"structure filter: {failed}"}
+    resolution = _checked_resolution(pair, options)
+    data, grid_info = mapio.read_map(map_path)
+    info = {"grid": _grid_summary(grid_info), "filters": filters}
     _check_overlap(atoms, grid_info)
     cc = metrics.cc_mask(data, grid_info, atoms, resolution)
     info["cc_mask"] = round(cc, 4)
