@@ -111,6 +111,25 @@ def test_quality_report_tables_json_and_plots(tmp_path, pairs_csv, tiny_checkpoi
         _assert_png(plots / name)
 
 
+def test_one_map_and_its_model_score_as_their_csv_row(tmp_path, shared_data, tiny_checkpoint):
+    folder = shared_data / "pairs" / "emd-5168"
+    argv = ["benchmark", "quality", str(folder / "emd_5168_monomer.mrc"),
+            str(folder / "3MFP.pdb"), "--weights", str(tiny_checkpoint), "--no-sharpen",
+            "--work-dir", str(tmp_path / "maps")]
+    one = runner.invoke(app, [*argv, "--resolution", "6.6", "--json", str(tmp_path / "one.json")])
+    assert one.exit_code == 0, one.output
+    (pair,) = json.loads((tmp_path / "one.json").read_text())["pairs"]
+    assert pair["name"] == "emd_5168_monomer" and pair["resolution_A"] == 6.6
+    assert pair["maps"]["deposited"]["cc_mask"] == pytest.approx(0.617, abs=0.01)  # cctbx 0.617
+    assert "emd_5168_monomer" in one.stdout and "cc_mask" in one.stdout  # the results
+    assert "scored" in one.stderr and "cc_mask" not in one.stderr  # the progress bar
+    for extra, message in ((["--resolution", "0"], "--resolution R"), ([], "--resolution R")):
+        refused = runner.invoke(app, [*argv, *extra])
+        assert refused.exit_code == 1 and message in refused.stderr
+    three = runner.invoke(app, [*argv[:4], str(folder / "3MFP.pdb"), "--resolution", "6.6"])
+    assert three.exit_code == 1 and "got 3 files" in three.stderr
+
+
 def test_quality_input_errors(tmp_path):
     missing = runner.invoke(app, ["benchmark", "quality", str(tmp_path / "none.csv")])
     assert missing.exit_code == 1 and "not found" in missing.stderr

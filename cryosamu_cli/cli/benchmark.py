@@ -68,10 +68,16 @@ def time_cmd(
 
 @app.command("quality", epilog=epilog("cryosamu benchmark quality pairs.csv --role eval "
                                       "--json q.json --plots plots/\n\ncryosamu benchmark "
-                                      "quality pairs.csv --weights my.pt --backend cctbx"))
+                                      "quality pairs.csv --weights my.pt --backend cctbx\n\n"
+                                      "cryosamu benchmark quality emd_1461.mrc vp6.pdb "
+                                      "--resolution 3.8"))
 def quality_cmd(
-    pairs_csv: Annotated[Path, typer.Argument(help="CSV with map, model, resolution columns "
-                                              "(and <label>_map columns to compare).")],
+    inputs: Annotated[list[Path], typer.Argument(
+        metavar="PAIRS_CSV | MAP MODEL", help="A CSV with map, model, resolution columns (and "
+        "<label>_map columns to compare), or one map and its model with --resolution.")],
+    resolution: Annotated[Optional[float], typer.Option(
+        "--resolution", help="With MAP MODEL: the map's resolution in Å (phenix.map_model_cc's "
+        "resolution=).")] = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     role: Annotated[Optional[str], typer.Option(help="Only rows whose role/split is this.")] = None,
@@ -93,16 +99,16 @@ def quality_cmd(
     """Score maps against models: CC_box, CC_mask, CC_volume, CC_peaks, FSC=0.5, RSCC."""
     from cryosamu_cli.benchmark import quality as benchmark_quality
     from cryosamu_cli.benchmark import report as benchmark_report
-    from cryosamu_cli.data.pairs import read_pairs
+    from cryosamu_cli.data.pairs import pairs_to_score
 
     with user_errors():
         if plots is not None:
             benchmark_report.pyplot()  # a missing matplotlib fails now, not after the scoring
-        pairs = read_pairs(pairs_csv, role=role)
-        report = benchmark_quality.quality_report(
-            pairs=pairs, weights=weights, device=device, backend=backend, sharpen=sharpen,
-            full_band=full_band, work_dir=work_dir,
-            on_pair=lambda name: console.print(f"scoring {name}"))
+        pairs = pairs_to_score(inputs, resolution_A=resolution, role=role)
+        with _PairBar(len(pairs)) as bar:
+            report = benchmark_quality.quality_report(
+                pairs=pairs, weights=weights, device=device, backend=backend, sharpen=sharpen,
+                full_band=full_band, work_dir=work_dir, on_pair=bar.scoring)
         rows = benchmark_quality.quality_rows(report)
         benchmark_report.write_outputs(payload={"backend": backend, "pairs": report},
                                        rows=rows, json_path=json_path, csv_path=csv_path)
@@ -115,3 +121,33 @@ def _table(rows: list[dict], columns: list[str]) -> None:
     print_table(columns, ([("" if row.get(c) is None else
                             f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c]))
                            for c in columns] for row in rows))
+
+
+class _PairBar:
+    """A progress bar over the pairs on stderr, with the time left (scoring takes minutes)."""
+
+    def __init__(self, count: int) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                            console=console)
+        self.task = self.bar.add_task("pairs", total=count)
+        self.started = False
+
+    def __enter__(self) -> "_PairBar":
+        self.bar.start()
+        return self
+
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if exc_type is None:
+            total = self.bar.tasks[0].total
+            self.bar.update(self.task, completed=total, description="scored")
+        self.bar.stop()
+
+    def scoring(self, name: str) -> None:
+        """The pair now scored (the one before it is done)."""
+        self.bar.update(self.task, advance=1 if self.started else 0,
+                        description=f"scoring {name}")
+        self.started = True

@@ -68,3 +68,30 @@ def _pair_of(row: dict[str, str], index: int, base: Path) -> Pair:
                 model_path=base / row["model"], resolution_A=resolution,
                 split=(row.get("split") or row.get("role") or "").strip(),
                 extra_maps=extras, columns={k: v for k, v in row.items() if k})
+
+
+def pairs_to_score(inputs: list[str | os.PathLike], resolution_A: float | None = None,
+                   role: str | None = None) -> list[Pair]:
+    """What ``benchmark quality`` scores: a pairs CSV (:func:`read_pairs`), or one map and its
+    model with ``resolution_A`` (as ``phenix.map_model_cc map model resolution=R``).
+
+    Raises:
+        ConfigError: Neither form, a missing file, or the one-pair form without a positive
+            resolution.
+    """
+    if len(inputs) == 1:
+        if resolution_A is not None:
+            raise ConfigError("--resolution goes with the one-pair form (MAP MODEL); a pairs "
+                              "CSV gives each pair's resolution in its 'resolution' column")
+        return read_pairs(inputs[0], role=role)
+    if len(inputs) != 2:
+        raise ConfigError(f"give a pairs CSV, or a map and its model; got {len(inputs)} files")
+    map_path, model_path = (Path(p) for p in inputs)
+    for path in (map_path, model_path):
+        if not path.is_file():
+            raise ConfigError(f"file not found: {path}")
+    if resolution_A is None or not resolution_A > 0:
+        raise ConfigError("give the map's resolution with --resolution R (Å): the scores "
+                          "are computed at it, as phenix.map_model_cc's resolution=")
+    return [Pair(name=map_path.name.split(".")[0], map_path=map_path, model_path=model_path,
+                 resolution_A=resolution_A)]
