@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import matplotlib.image
+import numpy as np
 import mrcfile
 import pytest
 from typer.testing import CliRunner
 
+from cryosamu_cli.benchmark import quality
+from cryosamu_cli.benchmark import report as benchmark_report
 from cryosamu_cli.benchmark import timing as benchmark_timing
 from cryosamu_cli.cli.app import app
 
@@ -188,3 +191,34 @@ def test_plots_without_matplotlib_fail_before_the_work_and_name_the_extra(tmp_pa
                                  str(tmp_path / "t.png")])
     assert result.exit_code == 1 and "'cryosamu[plots]'" in result.stderr
     assert not worked and not plots.exists()
+
+
+def _record(volume_A3: float, seconds: float) -> benchmark_timing.TimingRecord:
+    return benchmark_timing.TimingRecord(
+        name="m", shape_zyx=(1, 1, 1), voxels=1, volume_A3=volume_A3, device="cpu",
+        batch_size=1, precision="fp32", repeats=1, cubes_total=1, cubes_run=1, cubes_skipped=0,
+        seconds_median=seconds, seconds_min=seconds, seconds_max=seconds, stage_seconds={},
+        seconds_per_cube=1.0, voxels_per_s=1.0, gflop_per_cube=1.0, gflops_achieved=1.0,
+        peak_rss_MiB=1.0, peak_gpu_MiB=None)
+
+
+def test_plots_state_their_units_keep_their_labels_and_colours_and_stop_at_nyquist():
+    # 2 s per 10⁶ Å³ + 1 s: the legend states the slope in the axis's unit
+    figure = benchmark_report.time_figure([_record(1e6, 3.0), _record(3e6, 7.0)])
+    (legend,) = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert legend == "2 s per 10⁶ Å³ + 1 s"
+    renderer = figure.canvas.get_renderer()
+    label_box = figure.axes[0].xaxis.label.get_window_extent(renderer)
+    assert label_box.y0 > -3  # the x label inside the figure (without tight_layout: -16 px)
+    curve = [{"frequency_per_A": f, "fsc": 1 - f} for f in np.linspace(0, 0.5, 11)]
+    scores = {"fsc": curve, "fsc05": 4.0, "rscc": []}
+    pairs = [quality.PairQuality("a", 4.0, {"deposited": scores, "cryosamu": scores},
+                                 nyquist_per_A=0.25),
+             quality.PairQuality("b", 4.0, {"cryosamu": scores, "zz_extra": scores})]
+    colours = benchmark_report.map_colours(pairs)
+    assert len(set(colours.values())) == 3  # one colour per kind of map, whatever the pair
+    fsc = benchmark_report.fsc_figure(pairs[0], colours)
+    lines = {line.get_label().split(" (")[0]: line for line in fsc.axes[0].get_lines()
+             if line.get_label().startswith(("cryosamu", "deposited"))}
+    assert lines["cryosamu"].get_color() == colours["cryosamu"]
+    assert max(lines["cryosamu"].get_xdata()) <= 0.25 and fsc.axes[0].get_xlim()[1] == 0.25

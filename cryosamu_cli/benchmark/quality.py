@@ -24,12 +24,14 @@ from cryosamu_cli.weights import sha256_of
 
 @dataclass
 class PairQuality:
-    """Scores of every map of one pair (``maps[label] = scores``) or why it was skipped."""
+    """Scores of every map of one pair (``maps[label] = scores``) or why it was skipped;
+    ``nyquist_per_A``: the finest frequency the deposited map's voxels hold."""
 
     name: str
     resolution_A: float | None
     maps: dict[str, dict] = field(default_factory=dict)
     skipped: str = ""
+    nyquist_per_A: float | None = None
 
 
 def quality_report(*, pairs: Sequence[Pair], weights: str | os.PathLike | None = None,
@@ -69,6 +71,8 @@ def _score_pair(pair: Pair, folder: Path, enhancer, backend: str, sharpen: bool,
         quality.skipped = "no resolution given"
         return quality
     try:
+        voxel_size_zyx = mapio.read_map(pair.map_path)[1].voxel_size_zyx
+        quality.nyquist_per_A = 1.0 / (2.0 * max(voxel_size_zyx))
         for label, path in _maps_of(pair, folder, enhancer, sharpen, full_band).items():
             quality.maps[label] = score_map(path, pair.model_path, pair.resolution_A, backend)
     except CryosamuError as exc:

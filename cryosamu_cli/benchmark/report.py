@@ -19,6 +19,11 @@ from cryosamu_cli.errors import CryosamuError
 
 def plot_time_vs_volume(records: Sequence[TimingRecord], path: str | os.PathLike) -> Path:
     """Fig. 5: median time against map volume with the fitted line, as a PNG."""
+    return _save(time_figure(records), path)
+
+
+def time_figure(records: Sequence[TimingRecord]):
+    """The figure of :func:`plot_time_vs_volume`."""
     plt = pyplot()
     volumes = np.array([r.volume_A3 for r in records]) / 1e6
     seconds = np.array([r.seconds_median for r in records])
@@ -27,12 +32,13 @@ def plot_time_vs_volume(records: Sequence[TimingRecord], path: str | os.PathLike
     ax.errorbar(volumes, seconds, yerr=[seconds - [r.seconds_min for r in records],
                                         [r.seconds_max for r in records] - seconds], fmt="o")
     line = np.linspace(0, volumes.max() * 1.05, 50)
-    ax.plot(line, slope * 1e6 * line + intercept, "--",
-            label=f"{slope * 1e9:.3g} s per 1000 nm³ + {intercept:.3g} s")
+    ax.plot(line, slope * 1e6 * line + intercept, "--",  # slope: s per Å³
+            label=f"{slope * 1e6:.3g} s per 10⁶ Å³ + {intercept:.3g} s")
     ax.set(xlabel="map volume (10⁶ Å³)", ylabel="enhance time (s)",
            title=f"cryosamu {__version__} on {records[0].device}")
     ax.legend()
-    return _save(fig, path)
+    fig.tight_layout()  # keeps the x label inside the figure
+    return fig
 
 
 def plot_quality(report: Sequence[PairQuality], folder: str | os.PathLike) -> list[Path]:
@@ -40,34 +46,50 @@ def plot_quality(report: Sequence[PairQuality], folder: str | os.PathLike) -> li
     along the chain (Fig. 2c), as PNG files in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    colours = map_colours(report)
     written = []
     for pair in (p for p in report if p.maps):
-        written.append(_plot_fsc(pair, folder / f"{pair.name}_fsc.png"))
-        written.append(_plot_rscc(pair, folder / f"{pair.name}_rscc.png"))
+        written.append(_plot_fsc(pair, folder / f"{pair.name}_fsc.png", colours))
+        written.append(_plot_rscc(pair, folder / f"{pair.name}_rscc.png", colours))
     if any(p.maps for p in report):
-        written.append(_plot_metric_boxes(report, folder / "metrics_boxplot.png"))
+        written.append(_plot_metric_boxes(report, folder / "metrics_boxplot.png", colours))
     return written
 
 
-def _plot_fsc(pair: PairQuality, path: Path) -> Path:
+def map_colours(report: Sequence[PairQuality]) -> dict[str, str]:
+    """One colour per kind of map, the same in every plot of a report (matplotlib's cycle,
+    in the order of the sorted labels)."""
+    labels = sorted({label for p in report for label in p.maps})
+    return {label: f"C{i % 10}" for i, label in enumerate(labels)}
+
+
+def _plot_fsc(pair: PairQuality, path: Path, colours: dict[str, str]) -> Path:
+    return _save(fsc_figure(pair, colours), path)
+
+
+def fsc_figure(pair: PairQuality, colours: dict[str, str]):
+    """One pair's map–model FSC curves, up to the deposited map's Nyquist frequency."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
+    nyquist = pair.nyquist_per_A or float("inf")
     for label, scores in pair.maps.items():
-        curve = scores["fsc"]
+        curve = [c for c in scores["fsc"] if c["frequency_per_A"] <= nyquist * (1 + 1e-6)]
         ax.plot([c["frequency_per_A"] for c in curve], [c["fsc"] for c in curve],
-                label=f"{label} (0.5 at {scores['fsc05']:.2f} Å)")
+                color=colours[label], label=f"{label} (0.5 at {scores['fsc05']:.2f} Å)")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set(xlabel="spatial frequency (1/Å)", ylabel="map–model FSC", title=pair.name)
+    if pair.nyquist_per_A:
+        ax.set_xlim(0.0, pair.nyquist_per_A)  # nothing beyond what the voxels hold
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def _plot_rscc(pair: PairQuality, path: Path) -> Path:
+def _plot_rscc(pair: PairQuality, path: Path, colours: dict[str, str]) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3))
     for label, scores in pair.maps.items():
-        ax.plot([r["cc"] for r in scores["rscc"]], lw=0.8, label=label)
+        ax.plot([r["cc"] for r in scores["rscc"]], lw=0.8, color=colours[label], label=label)
     ax.set(xlabel="residue (model order)", ylabel="RSCC", title=pair.name, ylim=(-0.2, 1.0))
     ax.legend(fontsize=7)
     fig.tight_layout()  # keeps the x label inside the short figure
@@ -77,7 +99,8 @@ def _plot_rscc(pair: PairQuality, path: Path) -> Path:
 MIN_BOX_POINTS = 5
 
 
-def _plot_metric_boxes(report: Sequence[PairQuality], path: Path) -> Path:
+def _plot_metric_boxes(report: Sequence[PairQuality], path: Path,
+                       colours: dict[str, str]) -> Path:
     """Per metric, every pair's value per map kind as a point (a box behind them from
     :data:`MIN_BOX_POINTS` pairs on; a box of three points says nothing a point does not)."""
     plt = pyplot()
@@ -88,7 +111,8 @@ def _plot_metric_boxes(report: Sequence[PairQuality], path: Path) -> Path:
         if min(len(v) for v in values) >= MIN_BOX_POINTS:
             ax.boxplot(values)
         for position, points in enumerate(values, start=1):
-            ax.plot([position] * len(points), points, "o", ms=4, alpha=0.7)
+            ax.plot([position] * len(points), points, "o", ms=4, alpha=0.7,
+                    color=colours[labels[position - 1]])
         ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, fontsize=7)
         ax.set_title(metric)
     fig.tight_layout()
