@@ -88,7 +88,7 @@ def test_quality_report_tables_json_and_plots(tmp_path, pairs_csv, tiny_checkpoi
     result = runner.invoke(app, ["benchmark", "quality", str(pairs_csv), "--role", "eval",
                                  "--weights", str(tiny_checkpoint), "--json", str(out),
                                  "--csv", str(tmp_path / "q.csv"), "--plots", str(plots),
-                                 "--full-band", "--work-dir", str(tmp_path / "maps")])
+                                 "--full-band", "--bare", "--work-dir", str(tmp_path / "maps")])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     pairs = {p["name"]: p for p in report["pairs"]}
@@ -96,7 +96,7 @@ def test_quality_report_tables_json_and_plots(tmp_path, pairs_csv, tiny_checkpoi
     assert pairs["nores"]["skipped"] == "no resolution given"
     maps = pairs["mono"]["maps"]
     assert set(maps) == {"deposited", "deposited_truncated", "cryosamu", "cryosamu_full_band",
-                         "b_sharpened", "copy"}
+                         "cryosamu_bare", "b_sharpened", "copy"}
     for scores in maps.values():
         assert {"cc_box", "cc_mask", "cc_volume", "cc_peaks", "fsc05", "rscc"} <= set(scores)
         assert len(scores["rscc"]) == 369
@@ -105,11 +105,14 @@ def test_quality_report_tables_json_and_plots(tmp_path, pairs_csv, tiny_checkpoi
     # the deposited map truncated at 6.6 Å (cctbx on the same file: CC_mask 0.670)
     assert maps["deposited_truncated"]["cc_mask"] == pytest.approx(0.670, abs=0.01)
     labels = {}
-    for label in ("cryosamu", "cryosamu_full_band"):
+    for label in ("cryosamu", "cryosamu_full_band", "cryosamu_bare"):
         with mrcfile.open(tmp_path / "maps" / f"mono_{label}.mrc") as mrc:
             labels[label] = bytes(mrc.header.label[mrc.header.nlabl - 1]).decode()
     assert "res 6.60 A (--resolution)" in labels["cryosamu"]
     assert "full band" in labels["cryosamu_full_band"]
+    # the bare command's own choice: an estimate, or (this crop shows none) the full band
+    assert "--resolution" not in labels["cryosamu_bare"]
+    assert "(estimated)" in labels["cryosamu_bare"] or "full band" in labels["cryosamu_bare"]
     for name in ("mono_fsc.png", "mono_rscc.png", "metrics_boxplot.png"):
         _assert_png(plots / name)
 

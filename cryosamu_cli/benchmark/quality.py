@@ -36,12 +36,14 @@ class PairQuality:
 
 def quality_report(*, pairs: Sequence[Pair], weights: str | os.PathLike | None = None,
                    device: str = "auto", backend: str = "native", sharpen: bool = True,
-                   full_band: bool = False, work_dir: str | os.PathLike | None = None,
+                   full_band: bool = False, bare: bool = False,
+                   work_dir: str | os.PathLike | None = None,
                    on_pair: Callable[[str], None] | None = None) -> list[PairQuality]:
     """Score every pair's maps against its model: the deposited map, the deposited map
     truncated at the pair's resolution (what a plain low-pass gives), the cryosamu map as a
     user makes it (``enhance --resolution R`` with ``weights``, default: the pretrained
-    model), with ``full_band`` also the network's unlimited output, a global
+    model), with ``full_band`` also the network's unlimited output, with ``bare`` the map of
+    the bare command (no ``--resolution``: the resolution it finds itself), a global
     B-factor-sharpened baseline and each extra map.
 
     Maps are enhanced and sharpened into ``work_dir`` (a temporary folder by default) and
@@ -59,12 +61,12 @@ def quality_report(*, pairs: Sequence[Pair], weights: str | os.PathLike | None =
         for pair in pairs:
             if on_pair is not None:
                 on_pair(pair.name)
-            report.append(_score_pair(pair, folder, enhancer, backend, sharpen, full_band))
+            report.append(_score_pair(pair, folder, enhancer, backend, sharpen, full_band, bare))
         return report
 
 
 def _score_pair(pair: Pair, folder: Path, enhancer, backend: str, sharpen: bool,
-                full_band: bool = False) -> PairQuality:
+                full_band: bool = False, bare: bool = False) -> PairQuality:
     """Every map of one pair, scored; errors become the pair's ``skipped`` reason."""
     quality = PairQuality(pair.name, pair.resolution_A)
     if pair.resolution_A is None:
@@ -73,7 +75,7 @@ def _score_pair(pair: Pair, folder: Path, enhancer, backend: str, sharpen: bool,
     try:
         voxel_size_zyx = mapio.read_map(pair.map_path)[1].voxel_size_zyx
         quality.nyquist_per_A = 1.0 / (2.0 * max(voxel_size_zyx))
-        for label, path in _maps_of(pair, folder, enhancer, sharpen, full_band).items():
+        for label, path in _maps_of(pair, folder, enhancer, sharpen, full_band, bare).items():
             quality.maps[label] = score_map(path, pair.model_path, pair.resolution_A, backend)
     except CryosamuError as exc:
         quality.skipped = str(exc)
@@ -81,13 +83,14 @@ def _score_pair(pair: Pair, folder: Path, enhancer, backend: str, sharpen: bool,
 
 
 def _maps_of(pair: Pair, folder: Path, enhancer, sharpen: bool,
-             full_band: bool = False) -> dict[str, Path]:
+             full_band: bool = False, bare: bool = False) -> dict[str, Path]:
     """Label → map file for the deposited (as given and truncated), cryosamu, sharpened and
     extra maps."""
     maps = {"deposited": pair.map_path,
             "deposited_truncated": _truncated(pair, folder / f"{pair.name}_truncated.mrc")}
     runs = {"cryosamu": pair.resolution_A, **({"cryosamu_full_band": "none"} if full_band
-                                               else {})}
+                                               else {}), **({"cryosamu_bare": None} if bare
+                                                             else {})}
     weights_sha256 = sha256_of(enhancer.weights_path)
     for label, resolution in runs.items():
         target = folder / f"{pair.name}_{label}.mrc"

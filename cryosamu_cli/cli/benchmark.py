@@ -86,6 +86,9 @@ def quality_cmd(
     full_band: Annotated[bool, typer.Option(
         "--full-band", help="Also score the network's output without the band limit "
         "(enhance --resolution none).")] = False,
+    bare: Annotated[bool, typer.Option(
+        "--bare", help="Also score the bare command's map (enhance without --resolution: "
+        "the resolution it finds from an EMDB header beside the map, or estimates).")] = False,
     work_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="Keep enhanced and "
                                                      "sharpened maps here; a rerun reuses one "
                                                      "only when made from the same input, "
@@ -108,7 +111,7 @@ def quality_cmd(
         with _PairBar(len(pairs)) as bar:
             report = benchmark_quality.quality_report(
                 pairs=pairs, weights=weights, device=device, backend=backend, sharpen=sharpen,
-                full_band=full_band, work_dir=work_dir, on_pair=bar.scoring)
+                full_band=full_band, bare=bare, work_dir=work_dir, on_pair=bar.scoring)
         rows = benchmark_quality.quality_rows(report)
         benchmark_report.write_outputs(payload={"backend": backend, "pairs": report},
                                        rows=rows, json_path=json_path, csv_path=csv_path)
