@@ -40,7 +40,8 @@ from cryosamu_cli.training import validation
 KINDS = ("raw", "post-processed", "post-processed + masked")
 RESOLUTIONS_A = (4.5, 6.0, 8.0)
 VALIDATION_PAIRS = ("emd-1461", "emd-1461-96o", "emd-2566")  # training/pairs-v2.csv's val split
-VALIDATION_DEGRADATIONS = ((4.5, True), (5.0, True), (6.0, False), (6.5, False), (8.0, True))
+VALIDATION_DEGRADATIONS = ((4.5, "post-processed"), (5.0, "post-processed"), (6.0, "raw"),
+                           (6.5, "raw"), (8.0, "post-processed"))
 
 
 def degraded(data: np.ndarray, voxel: tuple, resolution_A: float, kind: str,

@@ -55,6 +55,38 @@ def test_degraded_real_map_has_the_snr_of_an_fsc_0143_shell_at_its_resolution(sh
     assert power[beyond].sum() < 1e-6 * raw_power[beyond].sum()
 
 
+def test_deposited_like_maps_fall_off_to_the_rim_and_are_low_passed_and_masked(shared_data):
+    data, g = mapio.read_map(shared_data / "pairs/emd-1461/rotavirus_vp6-96o.mrc")  # unmasked
+    voxel = g.voxel_size_zyx
+    made, record = degrade.deposited_like_map(data, voxel, 5.0, seed=3)
+    assert (record.resolution_A, record.rim_resolution_A) == (5.0, 7.5)
+    assert record.low_pass and record.masked
+    frequency, power = degrade.radial_power_spectrum(made, voxel)
+    assert power[frequency > 1 / 5.0 + 0.01].sum() < 1e-4 * power.sum()  # low-passed at R
+    from cryosamu_cli.enhance.resolution_estimate import molecule_and_solvent
+
+    molecule, _ = molecule_and_solvent(data, voxel)
+    far = grid.soft_mask(molecule > 0.5, edge_voxels=3.0) == 0
+    assert far.mean() > 0.1 and np.abs(made[far]).max() == 0  # masked: nothing far outside
+    # the centre keeps more of the map than the rim: correlation with the map at 5 Å
+    reference = grid.band_limit(data, voxel, 5.0)
+    index = np.indices(data.shape)
+    radius = np.sqrt(sum(((index[a] - (n - 1) / 2) * voxel[a]) ** 2
+                         for a, n in enumerate(data.shape)))
+    inside = molecule > 0.5
+    centre = inside & (radius < 0.2 * radius.max())
+    rim = inside & (radius > 0.4 * radius.max())  # rim weight 2/3 and more
+    assert centre.sum() > 100 and rim.sum() > 100
+    assert (metrics.pearson(made[centre], reference[centre])
+            > metrics.pearson(made[rim], reference[rim]) + 0.05)
+    # a map that was masked keeps its own mask
+    masked, g = mapio.read_map(shared_data / "pairs/emd-1461/emd_1461.mrc")
+    inside, background = degrade.background_mask(masked)
+    made, _ = degrade.deposited_like_map(masked, g.voxel_size_zyx, 6.0, seed=3)
+    outside = grid.soft_mask(inside, edge_voxels=2.0) == 0
+    assert outside.mean() > 0.3 and np.all(made[outside] == background)
+
+
 def test_degraded_real_pairs_in_prepare_data_with_targets_at_their_resolution(small_pair_csv,
                                                                               tmp_path):
     manifest = prepare.prepare_data(pairs_csv=small_pair_csv, output_dir=tmp_path / "d",
@@ -91,8 +123,14 @@ def test_degraded_real_pairs_in_prepare_data_with_targets_at_their_resolution(sm
 
 
 def test_validation_maps_score_the_model_map_as_perfect_and_refuse_eval_pairs(small_pair_csv):
-    (vmap, raw) = validation.validation_maps_from_csv(str(small_pair_csv))
-    assert (vmap.name, raw.name) == ("mito@5A", "mito@6.5A-raw")
+    (vmap, raw, deposited) = validation.validation_maps_from_csv(str(small_pair_csv))
+    assert (vmap.name, raw.name, deposited.name) == ("mito@5A", "mito@6.5A-raw",
+                                                     "mito@6A-deposited")
+    assert deposited.degradation.rim_resolution_A == 9.0 and deposited.degradation.masked
+    perfect = vmap.scores(vmap.model_map, with_fsc=True)
+    assert {k: perfect[k] for k in ("cc_box", "cc_mask", "cc_volume", "cc_peaks")} == \
+        pytest.approx({"cc_box": 1, "cc_mask": 1, "cc_volume": 1, "cc_peaks": 1})
+    assert perfect["fsc05"] < 5.5  # the model map against its own model: FSC 0.5 near 5 Å
     # the degradation's noise and blur cost score: the map before it, low-passed at the same
     # 5 Å, correlates better with the 5 Å model map than its degraded copy does
     (pair,) = read_pairs(small_pair_csv)
@@ -104,6 +142,8 @@ def test_validation_maps_score_the_model_map_as_perfect_and_refuse_eval_pairs(sm
     evaluation = Pair(pair.name, pair.map_path, pair.model_path, 6.6, "eval")
     with pytest.raises(ConfigError, match="eval pair"):
         validation.validation_maps([evaluation])
+    with pytest.raises(ConfigError, match="unknown validation kind 'blurred'"):
+        validation.validation_maps([pair], [(5.0, "blurred")])
     with pytest.raises(ConfigError, match="no row with split 'train'"):
         validation.validation_maps_from_csv(str(small_pair_csv), split="train")
 
@@ -141,7 +181,7 @@ def test_validation_enhances_exactly_as_enhance_does(small_pair_csv, tiny_checkp
     from cryosamu_cli.enhance import pipeline as enhance
     from cryosamu_cli.enhance.predictor import NetworkPredictor
 
-    (vmap, _) = validation.validation_maps_from_csv(str(small_pair_csv))
+    (vmap, *_) = validation.validation_maps_from_csv(str(small_pair_csv))
     source = tmp_path / "degraded.mrc"
     mapio.write_map(source, vmap.data, vmap.grid)
     enhance.enhance_map(input_path=source, output_path=tmp_path / "out.mrc",

@@ -38,7 +38,7 @@ depositors' post-processing applies, and (``keep_mask``) the input's own mask pu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -102,6 +102,7 @@ class RealDegradation:
     low_pass: bool
     seed: int
     masked: bool = False
+    rim_resolution_A: float | None = None  # deposited-like maps: the resolution at the rim
 
     def to_dict(self) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -136,6 +137,40 @@ def degraded_real_map(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resol
         degraded = background + (degraded - background) * soft_mask(inside, edge_voxels=2.0)
     return degraded.astype(np.float32), RealDegradation(resolution_A, float(b_blur), noise_sd,
                                                         low_pass, seed, mask is not None)
+
+
+RIM_FACTOR = 1.5  # deposited-like maps: the rim's resolution over the centre's
+
+
+def deposited_like_map(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A: float,
+                       seed: int, rim_factor: float = RIM_FACTOR,
+                       ) -> tuple[np.ndarray, RealDegradation]:
+    """A real map ``data[z, y, x]`` made like a deposited one: ``resolution_A`` at the centre
+    falling to ``rim_factor`` times it at the rim (two :func:`degraded_real_map` copies
+    blended by the distance from the box centre, all rim from 60 % of the largest distance
+    out), low-passed at ``resolution_A`` as post-processing does, and masked softly around
+    the molecule (the input's own mask when it has one, else the map's molecular envelope
+    with a 3-voxel soft edge)."""
+    from cryosamu_cli.enhance.resolution_estimate import molecule_and_solvent
+
+    inner, record = degraded_real_map(data, voxel_size_zyx, resolution_A, seed, low_pass=False)
+    outer, _ = degraded_real_map(data, voxel_size_zyx, rim_factor * resolution_A, seed + 1,
+                                 low_pass=False)
+    index = np.indices(data.shape, dtype=np.float32)
+    radius = np.sqrt(sum(((index[a] - (n - 1) / 2) * voxel_size_zyx[a]) ** 2
+                         for a, n in enumerate(data.shape)))
+    rim_weight = np.clip(radius / (0.6 * radius.max()), 0.0, 1.0)
+    blended = band_limit((1 - rim_weight) * inner + rim_weight * outer, voxel_size_zyx,
+                         resolution_A)
+    mask = background_mask(data)
+    if mask is not None:
+        inside, background = mask
+        blended = background + (blended - background) * soft_mask(inside, edge_voxels=2.0)
+    else:
+        molecule, _ = molecule_and_solvent(data, voxel_size_zyx)
+        blended = blended * soft_mask(molecule > 0.5, edge_voxels=3.0)
+    return blended.astype(np.float32), replace(record, low_pass=True, masked=True,
+                                               rim_resolution_A=rim_factor * resolution_A)
 
 
 def _shaped_noise_on(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...],

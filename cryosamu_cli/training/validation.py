@@ -25,9 +25,13 @@ from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.data.pairs import Pair
 from cryosamu_cli.structure import read_atoms
 
-# (resolution in Å, low-passed at it as deposited post-processed maps are, or left with the
-# noise beyond it as raw reconstructions are)
-DEFAULT_DEGRADATIONS: tuple[tuple[float, bool], ...] = ((5.0, True), (6.5, False))
+# (resolution in Å, kind): post-processed, low-passed at it as deposited maps are; raw, with
+# the noise beyond it as reconstructions have; deposited-like, its resolution falling towards
+# the rim, low-passed and softly masked (data.degrade.deposited_like_map)
+VALIDATION_KINDS = ("post-processed", "raw", "deposited-like")
+DEFAULT_DEGRADATIONS: tuple[tuple[float, str], ...] = (
+    (5.0, "post-processed"), (6.5, "raw"), (6.0, "deposited-like"))
+NAME_SUFFIX = {"post-processed": "", "raw": "-raw", "deposited-like": "-deposited"}
 
 
 @dataclass(frozen=True)
@@ -35,13 +39,14 @@ class ValidationMap:
     """One degraded real map with what it is scored against.
 
     Attributes:
-        name: ``<pair>@<resolution>A`` (``raw`` appended when not low-passed).
+        name: ``<pair>@<resolution>A``, ``-raw`` or ``-deposited`` appended for those kinds.
         data: The degraded map ``[z, y, x]`` on the pair's own grid.
         grid: That grid.
         resolution_A: The resolution it was degraded to and is scored at.
         model_map: The model's map at ``resolution_A`` on the same grid.
         inside: The molecular mask of CC_mask.
         degradation: How it was made.
+        atoms: The model (for the map–model FSC).
     """
 
     name: str
@@ -51,37 +56,57 @@ class ValidationMap:
     model_map: np.ndarray
     inside: np.ndarray
     degradation: degrade.RealDegradation
+    atoms: object = None
 
-    def scores(self, candidate: np.ndarray) -> dict[str, float]:
-        """CC_box and CC_mask of ``candidate`` (a map on this grid) against the model."""
-        return {"cc_box": metrics.pearson(candidate, self.model_map),
-                "cc_mask": metrics.pearson(candidate[self.inside], self.model_map[self.inside])}
+    def scores(self, candidate: np.ndarray, with_fsc: bool = False) -> dict[str, float]:
+        """CC_box, CC_mask, CC_volume and CC_peaks of ``candidate`` (a map on this grid)
+        against the model map (phenix.map_model_cc's definitions), and with ``with_fsc`` the
+        map–model FSC = 0.5 resolution (phenix.mtriage's)."""
+        count = int(self.inside.sum())
+        top_model = metrics.highest_voxels(self.model_map, count)
+        peaks = top_model | metrics.highest_voxels(candidate, count)
+        scores = {"cc_box": metrics.pearson(candidate, self.model_map),
+                  "cc_mask": metrics.pearson(candidate[self.inside], self.model_map[self.inside]),
+                  "cc_volume": metrics.pearson(candidate[top_model], self.model_map[top_model]),
+                  "cc_peaks": metrics.pearson(candidate[peaks], self.model_map[peaks])}
+        if with_fsc:
+            curve = metrics.model_fsc(candidate, self.grid, self.atoms)
+            scores["fsc05"] = metrics.fsc_crossing(curve, 0.5)
+        return scores
 
 
 def validation_maps(pairs: Sequence[Pair],
-                    degradations: Sequence[tuple[float, bool]] = DEFAULT_DEGRADATIONS,
+                    degradations: Sequence[tuple[float, str]] = DEFAULT_DEGRADATIONS,
                     seed: int = 0) -> list[ValidationMap]:
-    """Every pair degraded by each of ``degradations`` (deterministic for a ``seed``).
+    """Every pair degraded by each of ``degradations``, ``(resolution, kind)`` with a kind of
+    :data:`VALIDATION_KINDS` (deterministic for a ``seed``).
 
     Pairs with an ``eval`` role are refused so that nothing is ever chosen on them.
 
     Raises:
-        ConfigError: An ``eval`` pair was passed.
+        ConfigError: An ``eval`` pair was passed, or an unknown kind.
     """
+    unknown = sorted({kind for _, kind in degradations} - set(VALIDATION_KINDS))
+    if unknown:
+        raise ConfigError(f"unknown validation kind {unknown[0]!r}: use one of "
+                          f"{', '.join(VALIDATION_KINDS)}")
     maps = []
     for index, pair in enumerate(pairs):
         if "eval" in (pair.split, pair.columns.get("role")):
             raise ConfigError(f"{pair.name} is an eval pair: never validate or tune on it")
         data, grid = mapio.read_map(pair.map_path)
         atoms = read_atoms(pair.model_path)
-        for number, (resolution_A, low_pass) in enumerate(degradations):
-            degraded, record = degrade.degraded_real_map(
-                data, grid.voxel_size_zyx, resolution_A, seed=seed + 100 * index + number,
-                low_pass=low_pass)
+        for number, (resolution_A, kind) in enumerate(degradations):
+            map_seed = seed + 100 * index + number
+            degraded, record = (
+                degrade.deposited_like_map(data, grid.voxel_size_zyx, resolution_A, map_seed)
+                if kind == "deposited-like" else
+                degrade.degraded_real_map(data, grid.voxel_size_zyx, resolution_A, map_seed,
+                                          low_pass=kind == "post-processed"))
             model_map, inside = metrics.model_map_and_mask(grid, atoms, resolution_A)
-            name = f"{pair.name}@{resolution_A:g}A" + ("" if low_pass else "-raw")
+            name = f"{pair.name}@{resolution_A:g}A{NAME_SUFFIX[kind]}"
             maps.append(ValidationMap(name, degraded, grid, resolution_A, model_map, inside,
-                                      record))
+                                      record, atoms))
     return maps
 
 
@@ -124,14 +149,15 @@ def enhanced_like_enhance(predict, vmap: ValidationMap, cube_size: int = tiling.
 
 
 def score_network(model, vmaps: Sequence[ValidationMap], device, precision=None) -> dict:
-    """Mean CC_box and CC_mask of the network's enhanced validation maps: ``real_cc_box``,
-    ``real_cc_mask`` and their mean ``real_cc`` (what a checkpoint is chosen by)."""
+    """Mean scores of the network's enhanced validation maps: ``real_cc_box`` and
+    ``real_cc_mask``, their mean ``real_cc`` (what a checkpoint is chosen by), and beside
+    them ``real_cc_volume`` and ``real_cc_peaks``."""
     from cryosamu_cli.enhance.predictor import NetworkPredictor
 
     predict = NetworkPredictor(model, device, 0, precision)
     rows = [vmap.scores(enhanced_like_enhance(predict, vmap)) for vmap in vmaps]
     mean = mean_scores(rows)
-    return {"real_cc_box": mean["cc_box"], "real_cc_mask": mean["cc_mask"],
+    return {**{f"real_{key}": value for key, value in mean.items()},
             "real_cc": (mean["cc_box"] + mean["cc_mask"]) / 2}
 
 
