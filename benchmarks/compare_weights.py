@@ -1,0 +1,74 @@
+"""Checkpoints side by side on the validation maps: what chooses whether a model ships.
+
+The ``val`` pairs of a split CSV (never ``eval`` pairs), degraded in the three kinds of
+:mod:`cryosamu_cli.training.validation` (post-processed, raw, deposited-like: resolution falling
+to the rim, low-passed and masked) at 4.5–8 Å; each map enhanced by each checkpoint exactly as
+``enhance --resolution R`` does, and scored against its model map: CC_box, CC_mask, CC_volume,
+CC_peaks (phenix.map_model_cc definitions) and the map–model FSC = 0.5 resolution. The degraded
+map and that map low-passed at R are scored beside them. Means per kind and over all maps.
+
+    python benchmarks/compare_weights.py training/pairs-v2.csv \\
+        --weights weights/cryosamu-light-v2.pt --weights runs/v3/best.pt    # ~10 min, 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+from cryosamu_cli import grid
+from cryosamu_cli.enhance import predictor
+from cryosamu_cli.training import validation
+
+DEGRADATIONS = ((4.5, "post-processed"), (6.0, "raw"), (8.0, "post-processed"),
+                (5.0, "deposited-like"), (6.5, "deposited-like"))
+METRICS = ("cc_box", "cc_mask", "cc_volume", "cc_peaks", "fsc05")
+
+
+def kind_of(name: str) -> str:
+    """The degradation kind from a validation map's name."""
+    return ("deposited-like" if name.endswith("-deposited") else
+            "raw" if name.endswith("-raw") else "post-processed")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("split_csv")
+    parser.add_argument("--weights", action="append", required=True)
+    parser.add_argument("--precision", default="fp32")
+    args = parser.parse_args()
+    from cryosamu_cli.data.pairs import read_pairs
+
+    pairs = [p for p in read_pairs(args.split_csv) if p.split == "val"]
+    maps = validation.validation_maps(pairs, DEGRADATIONS)
+    predictors = {w: validation_predictor(w, args.precision) for w in args.weights}
+    rows: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for vmap in maps:
+        candidates = {"degraded map": vmap.data,
+                      "degraded map low-passed at R": grid.band_limit(
+                          vmap.data, vmap.grid.voxel_size_zyx, vmap.resolution_A)}
+        for weights, predict in predictors.items():
+            candidates[weights] = validation.enhanced_like_enhance(predict, vmap)
+        for label, data in candidates.items():
+            scores = vmap.scores(data, with_fsc=True)
+            rows[label][kind_of(vmap.name)].append(scores)
+            rows[label]["all"].append(scores)
+            print(f"  {vmap.name:24s} {label:40s} " + "  ".join(
+                f"{m} {scores[m]:.3f}" for m in METRICS), flush=True)
+    for kind in ("post-processed", "raw", "deposited-like", "all"):
+        print(f"\n{kind}:\n| map | maps | " + " | ".join(METRICS) + " |\n|---|---|"
+              + "---|" * len(METRICS))
+        for label, by_kind in rows.items():
+            mean = validation.mean_scores(by_kind[kind])
+            print(f"| {label} | {len(by_kind[kind])} | "
+                  + " | ".join(f"{mean[m]:.3f}" for m in METRICS) + " |")
+
+
+def validation_predictor(weights: str, precision: str):
+    """The network of ``weights`` as the validation runs it (no TTA)."""
+    enhancer = predictor.load_enhancer(weights=weights, device="cpu", precision=precision)
+    return predictor.NetworkPredictor(enhancer.model, enhancer.device, 0, enhancer.precision)
+
+
+if __name__ == "__main__":
+    main()
