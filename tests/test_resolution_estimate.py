@@ -86,6 +86,33 @@ def test_a_real_map_degraded_to_a_known_resolution(shared_data, kind):
         assert estimate.resolution_A == pytest.approx(resolution_A, rel=tolerance), kind
 
 
+def test_a_small_masked_crop_gets_a_weak_edge_with_low_confidence(shared_data):
+    # a 47x52x35 masked crop: few shells spread its low-pass edge below the clear-edge slope
+    data, info = mapio.read_map(shared_data / "pairs/emd-2566/2566_3J6B_9.mrc")
+    voxel = info.voxel_size_zyx
+    degraded, _ = degrade.degraded_real_map(data, voxel, 6.0, seed=3, keep_mask=True)
+    estimate = resolution_estimate.estimate_resolution(degraded, voxel)
+    assert estimate.method == "post-processing edge" and not estimate.confident
+    assert estimate.resolution_A == pytest.approx(6.0, rel=0.1)
+
+
+def test_a_masked_maps_flat_outside_is_not_counted_as_quiet_solvent():
+    rng = np.random.default_rng(4)
+    z, y, x = np.indices((64,) * 3) - 31.5
+    radius = np.sqrt(x ** 2 + y ** 2 + z ** 2)
+    molecule = grid.band_limit((radius < 12).astype(np.float32) * 3.0, (1.0,) * 3, 6.0)
+    noisy = molecule + grid.band_limit(rng.standard_normal((64,) * 3).astype(np.float32),
+                                       (1.0,) * 3, 3.0)
+    masked = np.where(radius < 26, noisy, 0.0).astype(np.float32)  # solvent inside the mask
+    frequency, snr_noisy = resolution_estimate.box_snr(noisy, (1.0,) * 3)
+    _, snr_masked = resolution_estimate.box_snr(masked, (1.0,) * 3)
+    band = (frequency > 1 / 16) & (frequency < 1 / 7)  # where the sphere has signal
+    # the noise is the same inside the mask: so is the signal-to-noise ratio (counting the
+    # flat outside as solvent made the noise look quieter: the ratio was 7-15)
+    ratio = np.median(snr_masked[band] / snr_noisy[band])
+    assert 0.7 < ratio < 1.5
+
+
 def test_a_map_of_constant_noise_has_no_estimate(tmp_path):
     noise = np.random.default_rng(1).standard_normal((64,) * 3).astype(np.float32)
     with pytest.raises(ResolutionUnknownError, match="--resolution R"):

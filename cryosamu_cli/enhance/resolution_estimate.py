@@ -17,6 +17,8 @@ Two signatures of the resolution:
 The edge is the answer when there is one, unless the measured SNR falls to the threshold
 ``EDGE_OVERRIDE`` times coarser than it: signal lost in the noise well before a low-pass edge
 says the edge is an earlier low-pass, not the map's resolution (then 2, below the edge).
+Where neither a clear edge nor the solvent gives an answer (a small masked box: few shells
+spread its edge, and its solvent is masked away), a weaker edge is taken with low confidence.
 
 A map with neither (no edge; no solvent, or no signal above the solvent's noise) has no
 estimate: :class:`ResolutionUnknownError` says so and how to give the resolution.
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from cryosamu_cli.data.map_statistics import background_mask
 from cryosamu_cli.errors import ResolutionUnknownError
 from cryosamu_cli.grid import shell_index
 from cryosamu_cli.metrics import SNR_AT_FSC_THRESHOLD
@@ -37,6 +40,9 @@ SNR_AT_RESOLUTION = SNR_AT_FSC_THRESHOLD  # a full map's SNR where its half maps
 COARSEST_A = 12.0  # no estimate coarser than this (the model works at 4–8 Å)
 MAX_EDGE_VOXELS = 256  # larger maps are estimated on their central 256³ box
 EDGE_MIN_SLOPE = 4.0  # decades of amplitude per e-fold of frequency: a low-pass edge, not a B
+# A weaker edge (a small masked box spreads it over few shells), still ~6x a B-factor's fall:
+# taken, with low confidence, only where the signal/noise in the solvent gives nothing
+WEAK_EDGE_MIN_SLOPE = 2.5
 EDGE_OVERRIDE = 1.3  # the noise must meet the signal this far below an edge to overrule it
 MIN_SOLVENT_FRACTION = 0.08  # of the box, for the signal-to-noise estimate
 FIT_SNR_RANGE = (0.08, 1.2)  # the shells around the threshold that the line is fitted to
@@ -76,6 +82,7 @@ def estimate_resolution(data: np.ndarray, voxel_size_zyx: tuple[float, ...]) -> 
         solvent = solvent_noise_crossing(*snr, finest) if snr is not None else None
         if solvent is not None:
             return solvent
+        edge = post_processing_edge(frequency, amplitude, finest, WEAK_EDGE_MIN_SLOPE)
     elif snr is not None and _measured_crossing_A(*snr) > EDGE_OVERRIDE * edge.resolution_A:
         # the measured signal fades into the noise well before the edge: the edge is an
         # earlier low-pass (of a map later blurred or reprocessed), not what the data hold
@@ -112,18 +119,19 @@ def shell_means(half_spectrum: np.ndarray, shape_zyx: tuple[int, ...],
     return np.arange(n_shells) * width, total / np.maximum(counts, 1)
 
 
-def post_processing_edge(frequency: np.ndarray, amplitude: np.ndarray,
-                         finest_A: float) -> ResolutionEstimate | None:
+def post_processing_edge(frequency: np.ndarray, amplitude: np.ndarray, finest_A: float,
+                         min_slope: float = EDGE_MIN_SLOPE) -> ResolutionEstimate | None:
     """The low-pass edge of a post-processed map: the steepest fall of the log amplitude
     against log frequency between ``1/COARSEST_A`` and the map's finest resolution, when it
-    is at least ``EDGE_MIN_SLOPE`` (a B-factor fall-off at R is ~0.4, a low-pass edge
-    ≥ 5 even after a soft mask spreads it); ``R`` = 1 / the frequency of that fall."""
+    is at least ``min_slope`` (a B-factor fall-off at R is ~0.4, a low-pass edge ≥ 5 even
+    after a soft mask spreads it); ``R`` = 1 / the frequency of that fall. Confident from
+    twice :data:`EDGE_MIN_SLOPE` on."""
     slope, centre = log_slopes(frequency, amplitude)
     band = (centre >= 1.0 / COARSEST_A) & (centre <= 1.0 / finest_A)
     if not band.any():
         return None
     steepest = int(np.flatnonzero(band)[np.argmin(slope[band])])
-    if slope[steepest] > -EDGE_MIN_SLOPE:
+    if slope[steepest] > -min_slope:
         return None
     resolution = 1.0 / centre[steepest]
     return ResolutionEstimate(min(max(resolution, finest_A), COARSEST_A),
@@ -159,8 +167,12 @@ def box_snr(data: np.ndarray,
             voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray] | None:
     """``(frequency, SNR)``: the box's spectral signal-to-noise ratio, from the molecule's
     power per voxel (signal + noise) against the solvent's (noise), the signal spread over
-    the box; None without enough solvent or molecule."""
+    the box; None without enough solvent or molecule. In a masked map only the solvent inside
+    the mask counts (the constant outside is no noise, and would make any noise look small)."""
     molecule, solvent = molecule_and_solvent(data, voxel_size_zyx)
+    masked = background_mask(data)
+    if masked is not None:  # a masked map's flat outside holds no noise: only its inside counts
+        solvent = solvent * ndimage.binary_erosion(masked[0], iterations=2)
     if solvent.mean() < MIN_SOLVENT_FRACTION or molecule.mean() < 0.01:
         return None
     centred = data - float(data[solvent > 0.5].mean())
