@@ -96,7 +96,9 @@ def _maps_of(pair: Pair, folder: Path, enhancer, sharpen: bool,
         target = folder / f"{pair.name}_{label}.mrc"
         made_by = _made_by(pair, resolution, weights=weights_sha256,
                            precision=enhancer.precision_name)
-        if not _reusable(target, made_by):
+        # the bare map depends on how the resolution is found (code, files beside the map):
+        # made afresh every time
+        if resolution is None or not _reusable(target, made_by):
             enhance.enhance_map(input_path=pair.map_path, output_path=target, enhancer=enhancer,
                                 resolution=resolution, force=True)
             _remember(target, made_by)
