@@ -15,8 +15,12 @@ command) and locally around it (``--local-resolution``), against the degraded ma
 map low-passed at R. CC_box / CC_mask as the model
 card's validation scores them (:mod:`cryosamu_cli.training.validation`).
 
+Part 3, the band to write when nothing gives a resolution: the same maps, the output limited
+at fixed resolutions (and the full band) whatever their true R, against the true R.
+
     python benchmarks/resolution_estimate.py ../shared/data/pairs.csv         # ~10 min, 2 cores
     python benchmarks/resolution_estimate.py ../shared/data/pairs.csv --part 1
+    python benchmarks/resolution_estimate.py ../shared/data/pairs.csv --part 3   # no estimate
 """
 
 from __future__ import annotations
@@ -160,11 +164,40 @@ def map_quality(pairs_csv: str, weights: str | None) -> None:
         print(f"| {label} | {len(scored)} | {mean['cc_box']:.3f} | {mean['cc_mask']:.3f} |")
 
 
+FALLBACKS_A = (None, 5.0, 6.0, 7.0, 8.0)  # None: the full band
+
+
+def fallback_band(pairs_csv: str, weights: str | None) -> None:
+    """Part 3: which band limit to write when nothing gives the resolution: on the validation
+    maps, the network's output limited at each of :data:`FALLBACKS_A` whatever the map's true
+    R, against the true R."""
+    pairs = [p for p in read_pairs(pairs_csv, role="train") if p.name in VALIDATION_PAIRS]
+    enhancer = predictor.load_enhancer(weights=weights, device="cpu", precision="fp32")
+    rows: dict[str, list[dict]] = defaultdict(list)
+    for vmap in validation.validation_maps(pairs, VALIDATION_DEGRADATIONS):
+        voxel = vmap.grid.voxel_size_zyx
+        on_1A = grid.resample_to_spacing(vmap.data, voxel)
+        full = enhancer.run(grid.normalise(on_1A, grid.normalisation_of(on_1A)))[0]
+        back = (grid.NETWORK_VOXEL_SIZE_A, vmap.grid.shape_zyx, voxel)
+        for label, limit in (("true R", vmap.resolution_A),
+                             *((f"{r:g} Å" if r else "full band", r) for r in FALLBACKS_A)):
+            limited = full if limit is None else grid.band_limit(full, (1.0,) * 3, limit,
+                                                                  BAND_EDGE)
+            scores = vmap.scores(grid.resample_to_grid(limited, *back))
+            rows[label].append(scores)
+            print(f"  {vmap.name:24s} {label:10s} CC_box {scores['cc_box']:.3f}  "
+                  f"CC_mask {scores['cc_mask']:.3f}", flush=True)
+    print("\n| band limit | maps | CC_box | CC_mask |\n|---|---|---|---|")
+    for label, scored in rows.items():
+        mean = validation.mean_scores(scored)
+        print(f"| {label} | {len(scored)} | {mean['cc_box']:.3f} | {mean['cc_mask']:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pairs_csv")
     parser.add_argument("--weights", default=None)
-    parser.add_argument("--part", type=int, choices=(1, 2), default=None)
+    parser.add_argument("--part", type=int, choices=(1, 2, 3), default=None)
     parser.add_argument("--simulated", type=int, default=24,
                         help="realistic simulated maps in part 1 (0: none)")
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
@@ -175,6 +208,8 @@ def main() -> None:
             simulated_accuracy(args.shared, args.simulated)
     if args.part in (None, 2):
         map_quality(args.pairs_csv, args.weights)
+    if args.part in (None, 3):
+        fallback_band(args.pairs_csv, args.weights)
 
 
 if __name__ == "__main__":

@@ -110,9 +110,9 @@ def test_quality_report_tables_json_and_plots(tmp_path, pairs_csv, tiny_checkpoi
             labels[label] = bytes(mrc.header.label[mrc.header.nlabl - 1]).decode()
     assert "res 6.60 A (--resolution)" in labels["cryosamu"]
     assert "full band" in labels["cryosamu_full_band"]
-    # the bare command's own choice: an estimate, or (this crop shows none) the full band
+    # the bare command's own choice: an estimate, or (this crop shows none) the default
     assert "--resolution" not in labels["cryosamu_bare"]
-    assert "(estimated)" in labels["cryosamu_bare"] or "full band" in labels["cryosamu_bare"]
+    assert "(estimated)" in labels["cryosamu_bare"] or "(not estimable)" in labels["cryosamu_bare"]
     for name in ("mono_fsc.png", "mono_rscc.png", "metrics_boxplot.png"):
         _assert_png(plots / name)
 

@@ -121,8 +121,9 @@ def test_a_map_of_constant_noise_has_no_estimate(tmp_path):
         resolution_estimate.estimate_resolution(np.full((40,) * 3, 3.0, np.float32), (1.0,) * 3)
     noise_choice = choose_resolution(parse_resolution(None), tmp_path / "n.mrc", None,
                                      (1.2,) * 3, noise)
-    assert noise_choice == ResolutionChoice(None, NOT_ESTIMABLE) and noise_choice.label() == \
-        "full band"
+    assert noise_choice == ResolutionChoice(6.0, NOT_ESTIMABLE)  # the middle of 4–8 Å
+    assert noise_choice.label() == "res 6.00 A (not estimable)"
+    assert "cannot be estimated" in noise_choice.summary()
 
 
 def test_emdb_headers_of_both_schemas(tmp_path):
@@ -188,8 +189,9 @@ def test_bare_enhance_names_the_estimate_and_says_when_there_is_none(tmp_path, t
                                  str(tiny_checkpoint)])
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
-    assert "full band: the map's resolution cannot be estimated" in said  # no number made up
-    assert ", full band, " in mapio.read_map(noise_out)[1].labels[-1]
+    assert ("limited to 6.00 Å, the middle of the range the model was trained for: the map's "
+            "resolution cannot be estimated") in said  # no estimate made up, and it says so
+    assert "res 6.00 A (not estimable)" in mapio.read_map(noise_out)[1].labels[-1]
     (tmp_path / "emd-4321.xml").write_text("<emd emdb_id='EMD-4321'><map>")
     broken_map, broken_out = tmp_path / "emd_4321.map", tmp_path / "broken_out.mrc"
     write_mrc(broken_map, band_limited_noise(6.0, size=48), voxel_size=(1.2,) * 3)

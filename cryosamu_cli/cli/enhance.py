@@ -179,11 +179,13 @@ def _print_table(outcomes) -> None:
                                                                                "failed")}
     results.print(f"{len(outcomes)} maps: {count['ok']} enhanced, {count['skipped']} skipped "
                   f"(output exists), {count['failed']} failed")
-    unlimited = [o for o in outcomes if o.result and o.result.resolution.resolution_A is None
-                 and o.result.resolution.source != "--resolution none"]
-    if unlimited:
-        results.print(f"{len(unlimited)} map(s) written with the "
-                      f"{unlimited[0].result.resolution.summary()}")
+    from cryosamu_cli.enhance.resolution import NOT_ESTIMABLE
+
+    unknown = [o for o in outcomes if o.result
+               and o.result.resolution.source in (NOT_ESTIMABLE, "not given")]
+    if unknown:
+        results.print(f"{len(unknown)} map(s) written with the output "
+                      f"{unknown[0].result.resolution.summary()}")
     for o in outcomes:
         if o.result and o.result.resolution.warning:
             console.print(f"Warning: {o.input_path.name}: {o.result.resolution.warning}",

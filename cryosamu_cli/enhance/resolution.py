@@ -4,9 +4,9 @@
 or a CSV file of ``path,resolution`` rows for many maps. Without it, in this order: half maps
 give their FSC = 0.143 resolution; an EMDB header XML beside the map gives the resolution EMDB
 records (:mod:`cryosamu_cli.enhance.emdb_header`); else it is estimated from the map
-(:mod:`cryosamu_cli.enhance.resolution_estimate`); a map that shows none gets the full band and
-a line saying so. The chosen :class:`ResolutionChoice` is recorded in the summary line, the
-JSON outputs and the output's header label.
+(:mod:`cryosamu_cli.enhance.resolution_estimate`); a map that shows none is limited to the
+middle of the trained range, with a line saying so. The chosen :class:`ResolutionChoice` is
+recorded in the summary line, the JSON outputs and the output's header label.
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ from cryosamu_cli.errors import ConfigError, ResolutionUnknownError
 from cryosamu_cli.model.config import TRAINED_RESOLUTION_RANGE_A
 
 ESTIMATED = "estimated from the map"
-NOT_ESTIMABLE = "not estimable"  # the source of a full band when nothing gives a resolution
+NOT_ESTIMABLE = "not estimable"  # the source when nothing gives a resolution
+# Where nothing gives a resolution: the middle of the trained range. On the validation maps
+# (4.5–8 Å) that limit scores CC_box / CC_mask 0.658 / 0.682 against the full band's 0.622 /
+# 0.655 (5 Å: 0.649 / 0.689, 7 Å: 0.659 / 0.662; benchmarks/resolution_estimate.py --part 3).
+UNKNOWN_RESOLUTION_A = sum(TRAINED_RESOLUTION_RANGE_A) / 2
 # The network works on a 1 Å grid: nothing finer than its Nyquist limit can be written.
 FINEST_RESOLUTION_A = 2.0
 
@@ -45,11 +49,12 @@ class ResolutionChoice:
             if self.source == "not given":
                 return ("full band: no --resolution given (pass the map's reported "
                         "resolution, --resolution R, to write only what the data support)")
-            if self.source == NOT_ESTIMABLE:
-                return ("full band: the map's resolution cannot be estimated (no "
-                        "post-processing edge, no signal above the solvent's noise); give it "
-                        "with --resolution R to write only what the data support")
             return "full band (--resolution none)"
+        if self.source == NOT_ESTIMABLE:
+            return (f"limited to {self.resolution_A:.2f} Å, the middle of the range the "
+                    "model was trained for: the map's resolution cannot be estimated (no "
+                    "post-processing edge, no signal above the solvent's noise); give it with "
+                    "--resolution R")
         note = f"; {self.note}" if self.note else ""
         return f"limited to {self.resolution_A:.2f} Å ({self.source}){note}"
 
@@ -58,7 +63,8 @@ class ResolutionChoice:
         if self.resolution_A is None:
             return "full band"
         source = ("EMDB header" if self.source.startswith("EMDB header")
-                  else "estimated" if self.source == ESTIMATED else self.source)
+                  else "estimated" if self.source == ESTIMATED
+                  else "not estimable" if self.source == NOT_ESTIMABLE else self.source)
         return f"res {self.resolution_A:.2f} A ({source})"
 
     def to_dict(self) -> dict:
@@ -176,7 +182,8 @@ def choose_resolution(request: ResolutionRequest, input_path: str | os.PathLike,
 
     Order: a value or CSV row given by the user; else the half-map FSC = 0.143 resolution;
     else an EMDB header XML beside the map; else an estimate from ``data`` (the map
-    ``[z, y, x]``); else (no data, or a map that shows no resolution) the full band, saying so.
+    ``[z, y, x]``); a map that shows no resolution gets :data:`UNKNOWN_RESOLUTION_A`, and no
+    data the full band, each saying so.
 
     Raises:
         ConfigError: The map is missing from the CSV, or the resolution is finer than the
@@ -234,11 +241,12 @@ def _header_resolution(input_path: str | os.PathLike) -> tuple[float, str] | Non
 
 def _estimated(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
                finest: float) -> ResolutionChoice:
-    """The resolution estimated from the map, with a note when the estimate is weak."""
+    """The resolution estimated from the map, with a note when the estimate is weak; the
+    middle of the trained range when the map shows none."""
     try:
         estimate = resolution_estimate.estimate_resolution(data, voxel_size_zyx)
     except ResolutionUnknownError:
-        return ResolutionChoice(None, NOT_ESTIMABLE)
+        return ResolutionChoice(max(UNKNOWN_RESOLUTION_A, finest), NOT_ESTIMABLE)
     note = ("" if estimate.confident else
             f"low confidence ({estimate.method}, {estimate.detail}): if you know the map's "
             "resolution, give it with --resolution R")
