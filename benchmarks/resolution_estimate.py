@@ -130,16 +130,31 @@ def simulated_accuracy(shared: Path, count: int, seed: int = 0) -> None:
               f"{sum(not np.isfinite(v) for v in values)} |")
 
 
-def map_quality(pairs_csv: str, weights: str | None) -> None:
-    """Part 2: bare (estimated R) against --resolution R on the validation maps."""
+def enhanced_validation_maps(pairs_csv: str, weights: str | None):
+    """The validation maps (:data:`VALIDATION_PAIRS` degraded by :data:`VALIDATION_DEGRADATIONS`),
+    each with the network's full-band 1 Å output and the arguments that resample it back."""
     pairs = [p for p in read_pairs(pairs_csv, role="train") if p.name in VALIDATION_PAIRS]
     enhancer = predictor.load_enhancer(weights=weights, device="cpu", precision="fp32")
-    rows: dict[str, list[dict]] = defaultdict(list)
     for vmap in validation.validation_maps(pairs, VALIDATION_DEGRADATIONS):
-        voxel = vmap.grid.voxel_size_zyx
-        on_1A = grid.resample_to_spacing(vmap.data, voxel)
+        on_1A = grid.resample_to_spacing(vmap.data, vmap.grid.voxel_size_zyx)
         full = enhancer.run(grid.normalise(on_1A, grid.normalisation_of(on_1A)))[0]
-        back = (grid.NETWORK_VOXEL_SIZE_A, vmap.grid.shape_zyx, voxel)
+        yield vmap, full, (grid.NETWORK_VOXEL_SIZE_A, vmap.grid.shape_zyx,
+                           vmap.grid.voxel_size_zyx)
+
+
+def print_means(first_column: str, rows: dict[str, list[dict]]) -> None:
+    """A Markdown table of mean CC_box and CC_mask per label."""
+    print(f"\n| {first_column} | maps | CC_box | CC_mask |\n|---|---|---|---|")
+    for label, scored in rows.items():
+        mean = validation.mean_scores(scored)
+        print(f"| {label} | {len(scored)} | {mean['cc_box']:.3f} | {mean['cc_mask']:.3f} |")
+
+
+def map_quality(pairs_csv: str, weights: str | None) -> None:
+    """Part 2: bare (estimated R) against --resolution R on the validation maps."""
+    rows: dict[str, list[dict]] = defaultdict(list)
+    for vmap, full, back in enhanced_validation_maps(pairs_csv, weights):
+        voxel = vmap.grid.voxel_size_zyx
         guess, method = estimated(vmap.data, voxel)
         maps = {"degraded map": vmap.data,
                 "degraded map low-passed at R": grid.band_limit(vmap.data, voxel,
@@ -158,10 +173,7 @@ def map_quality(pairs_csv: str, weights: str | None) -> None:
             scores = vmap.scores(data)
             rows[label].append(scores)
             print(f"  {label:30s} CC_box {scores['cc_box']:.3f}  CC_mask {scores['cc_mask']:.3f}")
-    print(f"\n| how it was run | maps | CC_box | CC_mask |\n|---|---|---|---|")
-    for label, scored in rows.items():
-        mean = validation.mean_scores(scored)
-        print(f"| {label} | {len(scored)} | {mean['cc_box']:.3f} | {mean['cc_mask']:.3f} |")
+    print_means("how it was run", rows)
 
 
 FALLBACKS_A = (None, 5.0, 6.0, 7.0, 8.0)  # None: the full band
@@ -171,14 +183,8 @@ def fallback_band(pairs_csv: str, weights: str | None) -> None:
     """Part 3: which band limit to write when nothing gives the resolution: on the validation
     maps, the network's output limited at each of :data:`FALLBACKS_A` whatever the map's true
     R, against the true R."""
-    pairs = [p for p in read_pairs(pairs_csv, role="train") if p.name in VALIDATION_PAIRS]
-    enhancer = predictor.load_enhancer(weights=weights, device="cpu", precision="fp32")
     rows: dict[str, list[dict]] = defaultdict(list)
-    for vmap in validation.validation_maps(pairs, VALIDATION_DEGRADATIONS):
-        voxel = vmap.grid.voxel_size_zyx
-        on_1A = grid.resample_to_spacing(vmap.data, voxel)
-        full = enhancer.run(grid.normalise(on_1A, grid.normalisation_of(on_1A)))[0]
-        back = (grid.NETWORK_VOXEL_SIZE_A, vmap.grid.shape_zyx, voxel)
+    for vmap, full, back in enhanced_validation_maps(pairs_csv, weights):
         for label, limit in (("true R", vmap.resolution_A),
                              *((f"{r:g} Å" if r else "full band", r) for r in FALLBACKS_A)):
             limited = full if limit is None else grid.band_limit(full, (1.0,) * 3, limit,
@@ -187,10 +193,7 @@ def fallback_band(pairs_csv: str, weights: str | None) -> None:
             rows[label].append(scores)
             print(f"  {vmap.name:24s} {label:10s} CC_box {scores['cc_box']:.3f}  "
                   f"CC_mask {scores['cc_mask']:.3f}", flush=True)
-    print("\n| band limit | maps | CC_box | CC_mask |\n|---|---|---|---|")
-    for label, scored in rows.items():
-        mean = validation.mean_scores(scored)
-        print(f"| {label} | {len(scored)} | {mean['cc_box']:.3f} | {mean['cc_mask']:.3f} |")
+    print_means("band limit", rows)
 
 
 def main() -> None:

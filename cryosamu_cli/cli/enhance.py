@@ -59,16 +59,16 @@ def enhance_cmd(
         help="enhance-inside: enhance only within the mask; keep-inside: keep the input "
         "density within it (ligands, lipids, RNA).")] = "keep-inside",
     strength: Annotated[float, typer.Option(
-        metavar="0..1", help="1 = fully enhanced, 0 = the input (on the output's density scale); in between, "
-        "a blend.")] = 1.0,
+        metavar="0..1", help="1 = fully enhanced, 0 = the input (on the output's density "
+        "scale); in between, a blend.")] = 1.0,
     density_scale: Annotated[str, typer.Option(
         "--density-scale", metavar="input|normalised", help="input: the output in the input's "
         "units, its 99.9th percentile of positive density matched to the input's (contour "
         "levels carry over); normalised: the network's scale (0 solvent, 1 the input's 99.9th "
         "percentile).")] = "input",
     confidence: Annotated[int, typer.Option(
-        metavar="0|N≥2", help="Monte-Carlo dropout passes (≥ 2): output their mean and write the per-voxel "
-        "standard deviation to <output>_std.mrc.")] = 0,
+        metavar="0|N≥2", help="Monte-Carlo dropout passes (≥ 2): output their mean and write "
+        "the per-voxel standard deviation to <output>_std.mrc.")] = 0,
     resolution: Annotated[Optional[str], typer.Option(
         "--resolution", metavar="R|none|CSV", help="The map's resolution in Å: the output is "
         "limited to it. none: the network's full band. A CSV of path,resolution rows: one "

@@ -198,7 +198,8 @@ def range_warning(choice: ResolutionChoice, voxel_size_zyx: tuple[float, ...]) -
     """One line when the map lies outside the trained range: voxels too coarse to hold it, or
     a resolution outside it ("" otherwise)."""
     low, high = TRAINED_RESOLUTION_RANGE_A
-    trained = f"the {low:g}–{high:g} Å the model was trained for: check the output against the input"
+    trained = (f"the {low:g}–{high:g} Å the model was trained for: check the output against "
+               "the input")
     coarsest_voxel = max(voxel_size_zyx)
     if 2.0 * coarsest_voxel > high:
         return (f"its {coarsest_voxel:.2f} Å voxels hold no detail finer than "
