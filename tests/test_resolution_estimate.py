@@ -86,6 +86,28 @@ def test_a_real_map_degraded_to_a_known_resolution(shared_data, kind):
         assert estimate.resolution_A == pytest.approx(resolution_A, rel=tolerance), kind
 
 
+def test_a_raw_map_at_8_A_is_read_from_the_signals_first_fall_into_the_noise(shared_data):
+    # emd-0093 blurred to 8 A with its own spectrum's noise: its measured SNR falls through
+    # the threshold at 8 A and, far beyond, a noisy estimate rises back into the fitted range
+    # (its original 3.4 A low-pass edge): the line through both read 11.6 A (+45 %)
+    data, info = mapio.read_map(shared_data / "pairs/emd-0093/emd_0093_MAP_m4A_cropped.mrc")
+    voxel = info.voxel_size_zyx
+    degraded, _ = degrade.degraded_real_map(data, voxel, 8.0, seed=38, low_pass=False)
+    estimate = resolution_estimate.estimate_resolution(degraded, voxel)
+    assert estimate.method == "signal/noise in the solvent"
+    assert estimate.resolution_A == pytest.approx(8.0, rel=0.1)
+
+
+def test_the_fitted_shells_are_the_first_fall_through_the_range():
+    frequency = np.linspace(0.0, 0.4, 41)
+    snr = np.exp(-60.0 * frequency ** 2)  # a B-factor's fall: through 1.2-0.08 at 0.1-0.2
+    snr[32:] = 0.5  # a noisy estimate back in the range far beyond
+    band = resolution_estimate._fit_band(frequency, snr)
+    fitted = frequency[band]
+    assert fitted.min() >= 1 / resolution_estimate.COARSEST_A and fitted.max() < 0.21
+    assert band.sum() >= 8
+
+
 def test_a_small_masked_crop_gets_a_weak_edge_with_low_confidence(shared_data):
     # a 47x52x35 masked crop: few shells spread its low-pass edge below the clear-edge slope
     data, info = mapio.read_map(shared_data / "pairs/emd-2566/2566_3J6B_9.mrc")
@@ -103,7 +125,7 @@ def test_a_masked_maps_flat_outside_is_not_counted_as_quiet_solvent():
     molecule = grid.band_limit((radius < 12).astype(np.float32) * 3.0, (1.0,) * 3, 6.0)
     noisy = molecule + grid.band_limit(rng.standard_normal((64,) * 3).astype(np.float32),
                                        (1.0,) * 3, 3.0)
-    masked = np.where(radius < 26, noisy, 0.0).astype(np.float32)  # solvent inside the mask
+    masked = np.where(radius < 28, noisy, 0.0).astype(np.float32)  # solvent inside the mask
     frequency, snr_noisy = resolution_estimate.box_snr(noisy, (1.0,) * 3)
     _, snr_masked = resolution_estimate.box_snr(masked, (1.0,) * 3)
     band = (frequency > 1 / 16) & (frequency < 1 / 7)  # where the sphere has signal

@@ -46,6 +46,9 @@ WEAK_EDGE_MIN_SLOPE = 2.5
 EDGE_OVERRIDE = 1.3  # the noise must meet the signal this far below an edge to overrule it
 MIN_SOLVENT_FRACTION = 0.08  # of the box, for the signal-to-noise estimate
 FIT_SNR_RANGE = (0.08, 1.2)  # the shells around the threshold that the line is fitted to
+# The molecule, for the signal/noise estimate: above the mean + this many s.d. (a higher
+# threshold leaves a large molecule's weaker parts in the "solvent", read as noise)
+SNR_CORE_SD = 1.0
 CONFIDENT_FIT_RESIDUAL = 0.35  # s.d. of ln SNR about the fitted line, for a confident estimate
 
 
@@ -169,7 +172,7 @@ def box_snr(data: np.ndarray,
     power per voxel (signal + noise) against the solvent's (noise), the signal spread over
     the box; None without enough solvent or molecule. In a masked map only the solvent inside
     the mask counts (the constant outside is no noise, and would make any noise look small)."""
-    molecule, solvent = molecule_and_solvent(data, voxel_size_zyx)
+    molecule, solvent = molecule_and_solvent(data, voxel_size_zyx, SNR_CORE_SD)
     masked = background_mask(data)
     if masked is not None:  # a masked map's flat outside holds no noise: only its inside counts
         solvent = solvent * ndimage.binary_erosion(masked[0], iterations=2)
@@ -178,7 +181,7 @@ def box_snr(data: np.ndarray,
     centred = data - float(data[solvent > 0.5].mean())
     frequency, power_in = _power_per_voxel(centred, molecule, voxel_size_zyx)
     _, power_out = _power_per_voxel(centred, solvent, voxel_size_zyx)
-    signal = (power_in - power_out) * float(molecule.mean())
+    signal = (power_in - power_out) * float((molecule ** 2).mean())
     return frequency, signal / np.maximum(power_out, 1e-30)
 
 
@@ -187,8 +190,7 @@ def solvent_noise_crossing(frequency: np.ndarray, snr: np.ndarray,
     """Where a line fitted to ln SNR against s² near the threshold falls to the SNR of an
     FSC = 0.143 shell (the measured curve's first crossing where the line would be far
     extrapolated); None when the signal is not above it or outlasts ``finest_A``."""
-    band = ((frequency >= 1.0 / COARSEST_A) & (frequency <= 1.0 / finest_A)
-            & (snr > FIT_SNR_RANGE[0]) & (snr < FIT_SNR_RANGE[1]))
+    band = _fit_band(frequency, snr) & (frequency <= 1.0 / finest_A)
     if band.sum() < 3:
         return None
     # log SNR falls about linearly in s² near the threshold (a B-factor's fall-off over a flat
@@ -209,6 +211,21 @@ def solvent_noise_crossing(frequency: np.ndarray, snr: np.ndarray,
                               f"fit residual {residual:.2f}")
 
 
+def _fit_band(frequency: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    """The shells the line is fitted to: the first run, from ``1/COARSEST_A`` on, where the
+    measured SNR (3-shell running median) falls through :data:`FIT_SNR_RANGE` (the later
+    shells where a noisy estimate rises back into the range are not the signal's fall)."""
+    smoothed = _smoothed(snr)
+    band = np.zeros(frequency.shape, dtype=bool)
+    start = np.flatnonzero((frequency >= 1.0 / COARSEST_A) & (smoothed < FIT_SNR_RANGE[1]))
+    if start.size == 0:
+        return band
+    below = np.flatnonzero(smoothed[start[0]:] <= FIT_SNR_RANGE[0])
+    stop = start[0] + (below[0] if below.size else len(frequency))
+    band[start[0]:stop] = snr[start[0]:stop] > FIT_SNR_RANGE[0]
+    return band
+
+
 def _measured_crossing_A(frequency: np.ndarray, snr: np.ndarray) -> float:
     """The resolution where the measured SNR (3-shell running median) first falls to the
     threshold, from ``1/COARSEST_A`` on."""
@@ -217,13 +234,14 @@ def _measured_crossing_A(frequency: np.ndarray, snr: np.ndarray) -> float:
     return 1.0 / max(crossing, 1e-6)
 
 
-def molecule_and_solvent(data: np.ndarray,
-                         voxel_size_zyx: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Soft masks of the molecule (the map smoothed over 3 Å above its mean + 1.5 s.d.,
-    grown by 3 Å) and of the solvent (further than 6 Å from the molecule), 0–1."""
+def molecule_and_solvent(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
+                         threshold_sd: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """Soft masks of the molecule (the map smoothed over 3 Å above its mean +
+    ``threshold_sd`` s.d., grown by 3 Å) and of the solvent (further than 6 Å from the
+    molecule), 0–1."""
     sigma = [3.0 / v for v in voxel_size_zyx]
     smoothed = ndimage.gaussian_filter(data.astype(np.float32), sigma)
-    core = smoothed > smoothed.mean() + 1.5 * smoothed.std()
+    core = smoothed > smoothed.mean() + threshold_sd * smoothed.std()
     distance = ndimage.distance_transform_edt(~core, sampling=voxel_size_zyx)
     molecule = np.clip((6.0 - distance) / 3.0, 0.0, 1.0)  # 1 within 3 Å, 0 beyond 6 Å
     solvent = np.clip((distance - 6.0) / 3.0, 0.0, 1.0)  # 0 within 6 Å, 1 beyond 9 Å
