@@ -48,7 +48,7 @@ MIN_SOLVENT_FRACTION = 0.08  # of the box, for the signal-to-noise estimate
 FIT_SNR_RANGE = (0.08, 1.2)  # the shells around the threshold that the line is fitted to
 # The molecule, for the signal/noise estimate: above the mean + this many s.d. (a higher
 # threshold leaves a large molecule's weaker parts in the "solvent", read as noise)
-SNR_CORE_SD = 1.0
+SNR_CORE_SD = 1.25
 CONFIDENT_FIT_RESIDUAL = 0.35  # s.d. of ln SNR about the fitted line, for a confident estimate
 
 
@@ -86,7 +86,8 @@ def estimate_resolution(data: np.ndarray, voxel_size_zyx: tuple[float, ...]) -> 
         if solvent is not None:
             return solvent
         edge = post_processing_edge(frequency, amplitude, finest, WEAK_EDGE_MIN_SLOPE)
-    elif snr is not None and _measured_crossing_A(*snr) > EDGE_OVERRIDE * edge.resolution_A:
+    elif (snr is not None and _signal_measured(*snr)
+          and _measured_crossing_A(*snr) > EDGE_OVERRIDE * edge.resolution_A):
         # the measured signal fades into the noise well before the edge: the edge is an
         # earlier low-pass (of a map later blurred or reprocessed), not what the data hold
         return solvent_noise_crossing(*snr, edge.resolution_A) or edge
@@ -181,7 +182,7 @@ def box_snr(data: np.ndarray,
     centred = data - float(data[solvent > 0.5].mean())
     frequency, power_in = _power_per_voxel(centred, molecule, voxel_size_zyx)
     _, power_out = _power_per_voxel(centred, solvent, voxel_size_zyx)
-    signal = (power_in - power_out) * float((molecule ** 2).mean())
+    signal = (power_in - power_out) * float(molecule.mean())
     return frequency, signal / np.maximum(power_out, 1e-30)
 
 
@@ -224,6 +225,13 @@ def _fit_band(frequency: np.ndarray, snr: np.ndarray) -> np.ndarray:
     stop = start[0] + (below[0] if below.size else len(frequency))
     band[start[0]:stop] = snr[start[0]:stop] > FIT_SNR_RANGE[0]
     return band
+
+
+def _signal_measured(frequency: np.ndarray, snr: np.ndarray) -> bool:
+    """Whether the measured SNR starts above the threshold at ``1/COARSEST_A``: a crossing
+    needs signal to fall from (a box of noise alone, its "molecule" a noise blob, has none)."""
+    start = np.flatnonzero(frequency >= 1.0 / COARSEST_A)
+    return bool(start.size) and bool(_smoothed(snr)[start[0]] >= SNR_AT_RESOLUTION)
 
 
 def _measured_crossing_A(frequency: np.ndarray, snr: np.ndarray) -> float:
