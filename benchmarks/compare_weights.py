@@ -25,12 +25,6 @@ DEGRADATIONS = ((4.5, "post-processed"), (6.0, "raw"), (8.0, "post-processed"),
 METRICS = ("cc_box", "cc_mask", "cc_volume", "cc_peaks", "fsc05")
 
 
-def kind_of(name: str) -> str:
-    """The degradation kind from a validation map's name."""
-    return ("deposited-like" if name.endswith("-deposited") else
-            "raw" if name.endswith("-raw") else "post-processed")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("split_csv")
@@ -51,7 +45,7 @@ def main() -> None:
             candidates[weights] = validation.enhanced_like_enhance(predict, vmap)
         for label, data in candidates.items():
             scores = vmap.scores(data, with_fsc=True)
-            rows[label][kind_of(vmap.name)].append(scores)
+            rows[label][validation.kind_of(vmap.name)].append(scores)
             rows[label]["all"].append(scores)
             print(f"  {vmap.name:24s} {label:40s} " + "  ".join(
                 f"{m} {scores[m]:.3f}" for m in METRICS), flush=True)

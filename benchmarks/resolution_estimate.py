@@ -45,7 +45,8 @@ KINDS = ("raw", "post-processed", "post-processed + masked")
 RESOLUTIONS_A = (4.5, 6.0, 8.0)
 VALIDATION_PAIRS = ("emd-1461", "emd-1461-96o", "emd-2566")  # training/pairs-v2.csv's val split
 VALIDATION_DEGRADATIONS = ((4.5, "post-processed"), (5.0, "post-processed"), (6.0, "raw"),
-                           (6.5, "raw"), (8.0, "post-processed"))
+                           (6.5, "raw"), (8.0, "post-processed"), (5.0, "deposited-like"),
+                           (6.5, "deposited-like"))
 
 
 def degraded(data: np.ndarray, voxel: tuple, resolution_A: float, kind: str,
@@ -142,17 +143,22 @@ def enhanced_validation_maps(pairs_csv: str, weights: str | None):
                            vmap.grid.voxel_size_zyx)
 
 
-def print_means(first_column: str, rows: dict[str, list[dict]]) -> None:
-    """A Markdown table of mean CC_box and CC_mask per label."""
+def print_means(first_column: str, rows: dict[str, list[tuple[str, dict]]]) -> None:
+    """A Markdown table of mean CC_box and CC_mask per label (rows: ``(map name, scores)``),
+    over all maps and per validation kind."""
     print(f"\n| {first_column} | maps | CC_box | CC_mask |\n|---|---|---|---|")
-    for label, scored in rows.items():
-        mean = validation.mean_scores(scored)
-        print(f"| {label} | {len(scored)} | {mean['cc_box']:.3f} | {mean['cc_mask']:.3f} |")
+    for kind in ("all",) + validation.VALIDATION_KINDS:
+        for label, scored in rows.items():
+            chosen = [s for name, s in scored if kind in ("all", validation.kind_of(name))]
+            if chosen:
+                mean = validation.mean_scores(chosen)
+                print(f"| {label}{'' if kind == 'all' else f' ({kind})'} | {len(chosen)} | "
+                      f"{mean['cc_box']:.4f} | {mean['cc_mask']:.4f} |")
 
 
 def map_quality(pairs_csv: str, weights: str | None) -> None:
     """Part 2: bare (estimated R) against --resolution R on the validation maps."""
-    rows: dict[str, list[dict]] = defaultdict(list)
+    rows: dict[str, list[tuple[str, dict]]] = defaultdict(list)
     for vmap, full, back in enhanced_validation_maps(pairs_csv, weights):
         voxel = vmap.grid.voxel_size_zyx
         guess, method = estimated(vmap.data, voxel)
@@ -171,7 +177,7 @@ def map_quality(pairs_csv: str, weights: str | None) -> None:
         print(f"\n{vmap.name}: estimate {guess:.2f} Å ({method})")
         for label, data in maps.items():
             scores = vmap.scores(data)
-            rows[label].append(scores)
+            rows[label].append((vmap.name, scores))
             print(f"  {label:30s} CC_box {scores['cc_box']:.3f}  CC_mask {scores['cc_mask']:.3f}")
     print_means("how it was run", rows)
 
@@ -183,14 +189,14 @@ def fallback_band(pairs_csv: str, weights: str | None) -> None:
     """Part 3: which band limit to write when nothing gives the resolution: on the validation
     maps, the network's output limited at each of :data:`FALLBACKS_A` whatever the map's true
     R, against the true R."""
-    rows: dict[str, list[dict]] = defaultdict(list)
+    rows: dict[str, list[tuple[str, dict]]] = defaultdict(list)
     for vmap, full, back in enhanced_validation_maps(pairs_csv, weights):
         for label, limit in (("true R", vmap.resolution_A),
                              *((f"{r:g} Å" if r else "full band", r) for r in FALLBACKS_A)):
             limited = full if limit is None else grid.band_limit(full, (1.0,) * 3, limit,
                                                                   BAND_EDGE)
             scores = vmap.scores(grid.resample_to_grid(limited, *back))
-            rows[label].append(scores)
+            rows[label].append((vmap.name, scores))
             print(f"  {vmap.name:24s} {label:10s} CC_box {scores['cc_box']:.3f}  "
                   f"CC_mask {scores['cc_mask']:.3f}", flush=True)
     print_means("band limit", rows)

@@ -126,6 +126,8 @@ def test_validation_maps_score_the_model_map_as_perfect_and_refuse_eval_pairs(sm
     (vmap, raw, deposited) = validation.validation_maps_from_csv(str(small_pair_csv))
     assert (vmap.name, raw.name, deposited.name) == ("mito@5A", "mito@6.5A-raw",
                                                      "mito@6A-deposited")
+    assert [validation.kind_of(m.name) for m in (vmap, raw, deposited)] == [
+        "post-processed", "raw", "deposited-like"]
     assert deposited.degradation.rim_resolution_A == 9.0 and deposited.degradation.masked
     perfect = vmap.scores(vmap.model_map, with_fsc=True)
     assert {k: perfect[k] for k in ("cc_box", "cc_mask", "cc_volume", "cc_peaks")} == \

@@ -306,3 +306,21 @@ def test_local_resolution_of_two_halves_at_two_resolutions(tmp_path, tiny_checkp
     written, _ = mapio.read_map(tmp_path / "avg_locres.mrc")
     assert np.median(written[(radius < 30) & (xx > n // 2 + 16)]) > \
         1.3 * np.median(written[(radius < 30) & (xx < n // 2 - 16)])
+
+
+def test_a_masked_maps_flat_outside_gives_no_local_noise_measure():
+    """One masked map (noise only inside a tight mask): the constant outside is no solvent
+    noise, so no window is compared with it and every voxel keeps the global resolution."""
+    from cryosamu_cli.enhance import local_resolution
+
+    rng = np.random.default_rng(2)
+    n = 80
+    zz, yy, xx = np.indices((n,) * 3) - n / 2
+    radius = np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
+    signal = grid.band_limit(rng.standard_normal((n,) * 3).astype(np.float32), (1.0,) * 3, 5.0)
+    noisy = 3 * signal * (radius < 20) + 0.5 * rng.standard_normal((n,) * 3)
+    masked = np.where(radius < 24, noisy, 0.0).astype(np.float32)
+    _, solvent = resolution_estimate.molecule_and_solvent(masked, (1.0,) * 3)
+    assert local_resolution._noise_power(masked, solvent, (1.0,) * 3) is None
+    local = local_resolution.local_resolution(masked, (1.0,) * 3, 6.0)
+    assert np.all(local == pytest.approx(6.0))

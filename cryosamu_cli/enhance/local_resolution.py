@@ -90,7 +90,8 @@ def _shell_power(volume: np.ndarray, voxel_size_zyx: tuple[float, ...]):
 def _noise_power(data: np.ndarray, solvent: np.ndarray,
                  voxel_size_zyx: tuple[float, ...]) -> np.ndarray | None:
     """The solvent's noise power per voxel on a window's shells, or None without solvent
-    noise (a masked map)."""
+    noise (a masked map whose mask leaves too little solvent inside it)."""
+    solvent = resolution_estimate.noisy_solvent(data, solvent)
     if solvent.mean() < resolution_estimate.MIN_SOLVENT_FRACTION:
         return None
     values = data[solvent > 0.5]

@@ -174,9 +174,7 @@ def box_snr(data: np.ndarray,
     the box; None without enough solvent or molecule. In a masked map only the solvent inside
     the mask counts (the constant outside is no noise, and would make any noise look small)."""
     molecule, solvent = molecule_and_solvent(data, voxel_size_zyx, SNR_CORE_SD)
-    masked = background_mask(data)
-    if masked is not None:  # a masked map's flat outside holds no noise: only its inside counts
-        solvent = solvent * ndimage.binary_erosion(masked[0], iterations=2)
+    solvent = noisy_solvent(data, solvent)
     if solvent.mean() < MIN_SOLVENT_FRACTION or molecule.mean() < 0.01:
         return None
     centred = data - float(data[solvent > 0.5].mean())
@@ -184,6 +182,15 @@ def box_snr(data: np.ndarray,
     _, power_out = _power_per_voxel(centred, solvent, voxel_size_zyx)
     signal = (power_in - power_out) * float(molecule.mean())
     return frequency, signal / np.maximum(power_out, 1e-30)
+
+
+def noisy_solvent(data: np.ndarray, solvent: np.ndarray) -> np.ndarray:
+    """The part of a ``solvent`` mask that holds noise: in a masked map only the solvent inside
+    the mask (its flat outside holds none, and would make any noise look small)."""
+    masked = background_mask(data)
+    if masked is None:
+        return solvent
+    return solvent * ndimage.binary_erosion(masked[0], iterations=2)
 
 
 def solvent_noise_crossing(frequency: np.ndarray, snr: np.ndarray,

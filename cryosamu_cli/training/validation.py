@@ -34,6 +34,14 @@ DEFAULT_DEGRADATIONS: tuple[tuple[float, str], ...] = (
 NAME_SUFFIX = {"post-processed": "", "raw": "-raw", "deposited-like": "-deposited"}
 
 
+def kind_of(name: str) -> str:
+    """The validation kind of a :class:`ValidationMap` from its name (its suffix)."""
+    for kind, suffix in NAME_SUFFIX.items():
+        if suffix and name.endswith(suffix):
+            return kind
+    return "post-processed"
+
+
 @dataclass(frozen=True)
 class ValidationMap:
     """One degraded real map with what it is scored against.
