@@ -9,7 +9,9 @@ pairs degraded to 6 Å as ``prepare-data --degrade-real`` does, basic and realis
 maps simulated from ``--models`` structures by the ``basic`` and ``realistic`` degradation
 models with the same seeds. The summary gives each family's median per figure and how far the
 simulated medians are from the real maps' (eval pairs are listed for reference and kept out of
-the real median: the simulation is not tuned on them).
+the real median: the simulation is not tuned on them). Last, the simulated maps' true
+signal-to-noise ratio at their drawn resolution and at 1.5 times it (their signal and noise
+apart), beside a real map's at its resolution (that of an FSC = 0.143 shell).
 """
 
 from __future__ import annotations
@@ -61,22 +63,37 @@ def real_rows(shared: Path) -> list[Row]:
     return rows
 
 
-def simulated_rows(shared: Path, count: int, seed: int) -> list[Row]:
-    """``(family, name, resolution, statistics)`` of ``count`` models simulated both ways, same seeds."""
+def simulated_rows(shared: Path, count: int, seed: int) -> tuple[list[Row], dict]:
+    """``(family, name, resolution, statistics)`` of ``count`` models simulated both ways, same
+    seeds; and per family the signal-to-noise ratios at the drawn R and at 1.5 R (the signal
+    and the noise apart, before post-processing, which scales both alike)."""
     data, info = mapio.read_map(shared / "unpaired" / "emd_6824.mrc")
     reference = degrade.radial_power_spectrum(data, info.voxel_size_zyx)
     models = sorted((shared / "structures").iterdir()) + sorted(
         (shared / "structures-bm5").iterdir())
     chosen = [models[i] for i in np.linspace(0, len(models) - 1, count).astype(int)]
-    rows = []
+    rows, snr = [], {}
     for number, path in enumerate(chosen):
         atoms = pair_shards.heavy_atoms(read_atoms(path))
         for kind in degrade.DEGRADATION_KINDS:
-            raw, _, _, params = degrade.simulated_pair(
-                atoms, reference, np.random.default_rng(seed + number), None, kind)
+            signal, noise, low, params = degrade.simulated_parts(
+                atoms, reference, np.random.default_rng(seed + number), kind)
+            raw = degrade.post_processed(signal + noise, atoms.xyz - low, params)
             rows.append((f"simulated, {kind}", path.name.split(".")[0], params.resolution_A,
                          map_statistics(raw, (1.0, 1.0, 1.0), params.resolution_A)))
-    return rows
+            snr.setdefault(f"simulated, {kind}", []).append(
+                snr_at(signal, noise, params.resolution_A))
+    return rows, snr
+
+
+def snr_at(signal: np.ndarray, noise: np.ndarray, resolution_A: float) -> tuple[float, float]:
+    """The signal-to-noise power ratio of the shells at 1/R and 1/(1.5 R) (a real map has
+    that of an FSC = 0.143 shell at its resolution, and mostly 10-1000 at 1.5 R)."""
+    frequency, signal_power = degrade.radial_power_spectrum(signal, (1.0, 1.0, 1.0))
+    _, noise_power = degrade.radial_power_spectrum(noise, (1.0, 1.0, 1.0))
+    ratio = signal_power / np.maximum(noise_power, 1e-30)
+    return tuple(float(np.interp(1.0 / r, frequency, ratio)) for r in (resolution_A,
+                                                                         1.5 * resolution_A))
 
 
 SPECTRAL = FIGURES[:3]
@@ -108,7 +125,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    rows = real_rows(args.shared) + simulated_rows(args.shared, args.models, args.seed)
+    simulated, snr = simulated_rows(args.shared, args.models, args.seed)
+    rows = real_rows(args.shared) + simulated
     header = "".join(f"{f[:16]:>17}" for f in FIGURES)
     print(f"{'family':<36}{'map':<22}{'R (Å)':>6}{header}")
     for family, name, resolution, stats in rows:
@@ -123,9 +141,16 @@ def main() -> None:
     for family in (f"simulated, {kind}" for kind in degrade.DEGRADATION_KINDS):
         gaps = [abs(summary[family][f] - summary["real"][f]) for f in FIGURES]
         print(f"{family:<64}" + "".join(f"{g:>17.3f}" for g in gaps))
+    print(f"\nsignal-to-noise ratio, median (min-max) over the maps (a real map: "
+          f"{degrade.SNR_AT_RESOLUTION:.3f} at R, by the FSC = 0.143 definition)")
+    for family, values in snr.items():
+        at_r, at_15 = np.array(values).T
+        print(f"{family:<36} at R {np.median(at_r):9.3f} ({at_r.min():.3f}-{at_r.max():.3f})"
+              f"   at 1.5 R {np.median(at_15):9.2f} ({at_15.min():.2f}-{at_15.max():.2f})")
     if args.json:
         args.json.write_text(json.dumps({"rows": [(f, n, r, s.to_dict()) for f, n, r, s in rows],
-                                         "medians": summary}, indent=1) + "\n")
+                                         "medians": summary, "snr_at_R_and_1.5R": snr},
+                                        indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def test_a_pair_the_protein_filter_refuses_says_so_even_without_a_resolution(sha
     (entry,) = prepare.prepare_data(pairs_csv=csv_path, output_dir=tmp_path / "d")["pairs"]
     assert entry["status"] == "filtered" and "protein_only" in entry["reason"]
     shown = runner.invoke(app, ["prepare-data", "--help"], env={"COLUMNS": "200"})
-    assert "(required with --simulate-from)" in shown.stdout
+    assert "basic only, and required there" in " ".join(shown.stdout.split())
 
 
 def test_dataset_reads_back_the_cubes_written_and_splits_are_by_map(two_pairs_csv, tmp_path):
@@ -260,8 +260,13 @@ def test_simulated_pairs_from_models(shared_data, tmp_path):
     assert [e["degradation"] for e in again["pairs"]] == [
         entries[e["name"]]["degradation"] for e in again["pairs"]]
     missing = runner.invoke(app, ["prepare-data", "-o", str(out), "--no-struct",
-                                  "--simulate-from", str(models)])
+                                  "--simulate-from", str(models), "--degradation", "basic"])
     assert missing.exit_code == 1 and "--noise-reference" in missing.stderr
+    # the realistic noise follows each map's own signal: no reference needed, same draws
+    without = prepare.prepare_data(output_dir=tmp_path / "without", simulate_from=models,
+                                   seed=3)
+    assert [e["degradation"] for e in without["pairs"]] == [
+        entries[e["name"]]["degradation"] for e in without["pairs"]]
 
 
 def test_simulate_repeats_draw_new_degradations_in_the_split_of_their_model(shared_data,

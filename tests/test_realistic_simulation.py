@@ -156,3 +156,29 @@ def test_degradation_kind_is_checked_and_recorded(shared_data, tmp_path):
     recorded = manifest["pairs"][0]["degradation"]
     assert {"b_periphery", "sharpen_fraction", "mask_radius_A", "b_anisotropic"} <= set(recorded)
     assert recorded == degrade.draw(np.random.default_rng(2), "realistic").to_dict()
+
+
+def test_realistic_noise_ends_the_information_at_the_drawn_resolution(lysozyme):
+    """Step 5, realistic: the noise is set from the map's own signal, so that the
+    signal-to-noise ratio at the drawn resolution is that of an FSC = 0.143 shell (the
+    reference spectrum's noise left it ~1000x higher), far higher at low resolution, and
+    falling beyond R over a flat noise."""
+    from cryosamu_cli.simulate import simulate_density
+
+    atoms, _ = lysozyme
+    low = atoms.xyz.min(axis=0) - 12.0
+    shape = tuple(int(n) for n in (np.ceil(atoms.xyz.max(axis=0) + 12.0 - low) + 1)[::-1])
+    signal = simulate_density(atoms.xyz, atoms.atomic_number, shape, (1.0,) * 3, tuple(low),
+                              6.0, extra_b=np.full(len(atoms.xyz), 60.0))
+    noise = degrade.resolution_calibrated_noise(signal, 6.0, 5.0 * 36.0,
+                                                np.random.default_rng(0))
+    frequency, signal_power = radial_power_spectrum(signal, (1.0,) * 3)
+    _, noise_power = radial_power_spectrum(noise, (1.0,) * 3)
+    snr = signal_power / noise_power
+    at = lambda resolution_A: float(np.interp(1 / resolution_A, frequency, snr))  # noqa: E731
+    assert at(6.0) == pytest.approx(degrade.SNR_AT_RESOLUTION, rel=0.2)
+    assert at(9.0) > 5 * degrade.SNR_AT_RESOLUTION  # exp(5 * 36 * (1/36 - 1/81)) ~ 16x
+    assert at(15.0) <= degrade.MAX_SNR * 1.3
+    assert at(4.0) < 0.1 * degrade.SNR_AT_RESOLUTION  # beyond R the signal fades into noise
+    beyond = (frequency > 1 / 5.5) & (frequency < 1 / 3.0)
+    assert noise_power[beyond].max() < 1.5 * noise_power[beyond].min()  # flat beyond R

@@ -20,7 +20,9 @@ cryosamu prepare-data --pairs paper -o paper_set    # needs EMDB, RCSB and the E
 
 cryosamu prepare-data pairs.csv -o data --struct-encoder proteinmpnn
 
-cryosamu prepare-data -o sim --no-struct --simulate-from models/ --noise-reference emd_6824.mrc"""
+cryosamu prepare-data -o sim --no-struct --simulate-from models/
+
+cryosamu prepare-data -o sim-v2 --no-struct --simulate-from models/ --degradation basic --noise-reference emd_6824.mrc"""
 
 
 @app.command("prepare-data", epilog=epilog(EXAMPLE))
@@ -49,10 +51,13 @@ def prepare_cmd(
                                           "CC_mask is below this.")] = 0.65,
     simulate_from: Annotated[Optional[list[Path]], typer.Option(
         "--simulate-from", file_okay=False, help="Folder of models to simulate "
-        "experimental-like pairs from (may be repeated; needs --noise-reference).")] = None,
+        "experimental-like pairs from (may be repeated; with --degradation basic, needs "
+        "--noise-reference).")] = None,
     noise_reference: Annotated[Optional[Path], typer.Option(
         "--noise-reference", dir_okay=False, help="Real map whose noise spectrum the "
-        "simulated maps follow (required with --simulate-from).")] = None,
+        "simulated maps follow: --degradation basic only, and required there (realistic noise "
+        "follows each map's own signal, with the SNR of an FSC = 0.143 shell at its "
+        "resolution).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulated degradations.")] = 0,
     simulate_repeats: Annotated[int, typer.Option(
         "--simulate-repeats", min=1, help="Simulated maps per model, each with its own "

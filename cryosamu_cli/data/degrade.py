@@ -8,8 +8,14 @@ The degradation model, applied to every model with its own random draw:
 3. 0–3 detergent/solvent-like blobs: smooth Gaussians of σ 5–10 Å, 10–30 % of the peak
    density, centred 8–20 Å outside a random atom;
 4. a smooth solvent background (Gaussian-filtered noise, σ 6 Å, 3 % of the peak);
-5. noise whose radial power spectrum follows a real map's (``noise_reference``), scaled to a
-   random signal-to-noise ratio (signal s.d. / noise s.d.) of 0.7–3.
+5. ``basic``: noise whose radial power spectrum follows a real map's (``noise_reference``),
+   scaled to a random signal-to-noise ratio (signal s.d. / noise s.d.) of 0.7–3.
+   ``realistic``: noise set shell by shell from the map's own signal, so that the
+   signal-to-noise ratio is that of an FSC = 0.143 shell at the drawn resolution and rises
+   towards low frequencies as ``exp(snr_b · (1/R² − s²))`` (``snr_b`` 4–12 R²: a half-map
+   FSC of 0.6–0.97 at 1.5 R), as a reconstruction's does; beyond R the noise stays flat. (The reference's spectrum, emd_6824's, is itself low-passed near
+   8 Å: noise shaped by it left the simulated maps with a signal-to-noise ratio of ~350 at their
+   drawn resolution, a thousand times a real map's.)
 
 ``realistic`` draws (``prepare-data --degradation realistic``, the default) add what deposited
 maps have and steps 1–5 lack, as measured by ``benchmarks/simulation_realism.py`` (real maps
@@ -75,6 +81,7 @@ class Degradation:
     sharpen_fraction: float = 0.0
     low_pass: bool = False
     mask_radius_A: float = 0.0
+    snr_b: float = 0.0  # the noise of step 5, realistic: the B (Å²) of the SNR's rise
 
     def to_dict(self) -> dict:
         return {k: ([round(x, 4) for x in v] if isinstance(v, tuple)
@@ -90,6 +97,10 @@ def shaped_noise(shape_zyx: tuple[int, int, int], voxel_A: float, reference: tup
 
 
 SNR_AT_RESOLUTION = SNR_AT_FSC_THRESHOLD  # the SNR a degraded map has in its resolution's shell
+# realistic noise: the SNR rises as exp(B (1/R² − s²)) below 1/R, B = k R² with k drawn here:
+# from 1/R to 1/(1.5 R) a half-map FSC then rises from 0.143 to 0.6-0.97, as real curves do
+SNR_RISE_RANGE = (4.0, 12.0)
+MAX_SNR = 1000.0  # ... up to this (an FSC of 0.999), so no shell is noise-free
 
 
 @dataclass(frozen=True)
@@ -218,36 +229,74 @@ def draw(rng: np.random.Generator, kind: str = "basic") -> Degradation:
         anisotropy_direction_xyz=tuple(float(x) for x in direction / np.linalg.norm(direction)),
         sharpen_fraction=float(rng.uniform(0.5, 1.0)) if sharpen else 0.0,
         low_pass=bool(sharpen or rng.random() < 0.5),
-        mask_radius_A=float(rng.uniform(3.0, 8.0)) if rng.random() < 0.75 else 0.0)
+        mask_radius_A=float(rng.uniform(3.0, 8.0)) if rng.random() < 0.75 else 0.0,
+        snr_b=float(rng.uniform(*SNR_RISE_RANGE)) * basic["resolution_A"] ** 2)
 
 
-def simulated_pair(atoms: Atoms, reference: tuple, rng: np.random.Generator,
+def simulated_pair(atoms: Atoms, reference: tuple | None, rng: np.random.Generator,
                    target_resolution_A: float | None = 2.0, kind: str = "basic",
                    ) -> tuple[np.ndarray, np.ndarray, mapio.GridInfo, Degradation]:
     """An experimental-like map and its eq. 1 target for one model, on a 1 Å grid; the target
     is at ``target_resolution_A`` (None: the map's own drawn resolution), without B-factors.
-    ``kind``: the degradation model, ``basic`` (steps 1–5) or ``realistic`` (1–9).
+    ``kind``: the degradation model, ``basic`` (steps 1–5; its noise follows ``reference``)
+    or ``realistic`` (1–9).
 
     Returns:
         ``(map, target, grid, degradation)``; both volumes are raw (not normalised).
+    """
+    signal, noise, low, params = simulated_parts(atoms, reference, rng, kind)
+    experimental = post_processed(signal + noise, atoms.xyz - low, params)
+    target = simulate_density(atoms.xyz, atoms.atomic_number, signal.shape, (1.0, 1.0, 1.0),
+                              tuple(low), target_resolution_A or params.resolution_A)
+    return experimental.astype(np.float32), target, _grid_of(signal.shape, low), params
+
+
+def simulated_parts(atoms: Atoms, reference: tuple | None, rng: np.random.Generator,
+                    kind: str = "basic",
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Degradation]:
+    """Steps 1–6 of one draw, before post-processing, with the signal (density, blobs, solvent
+    background) and the noise apart, on a 1 Å grid whose first voxel lies at ``low`` (xyz,
+    Å): their sum is what :func:`simulated_pair` post-processes; apart they give the map's
+    true signal-to-noise ratio per shell (``benchmarks/simulation_realism.py``).
+
+    Returns:
+        ``(signal, noise, low, degradation)``.
     """
     params = draw(rng, kind)
     low = atoms.xyz.min(axis=0) - MARGIN_A - np.asarray(params.shift_A)
     shape_xyz = np.ceil(atoms.xyz.max(axis=0) + MARGIN_A - low).astype(int) + 1
     shape = tuple(int(n) for n in shape_xyz[::-1])
-    geometry = (shape, (1.0, 1.0, 1.0), tuple(low))
     residue_factor = rng.lognormal(0.0, 0.5, len(atoms.residues))
     extra_b = (params.b_global * residue_factor[atoms.residue_index]
                + _periphery_b(atoms.xyz, params.b_periphery))
-    clean = simulate_density(atoms.xyz, atoms.atomic_number, *geometry, params.resolution_A,
-                             extra_b=extra_b)
-    experimental = clean + _blobs(atoms, low, shape, clean.max(), params.blobs, rng)
-    experimental += 0.03 * clean.max() * _smooth_unit_noise(shape, 6.0, rng)
-    experimental += clean.std() / params.snr * shaped_noise(shape, 1.0, reference, rng)
-    experimental = _post_processed(experimental, atoms.xyz - low, params)
-    target = simulate_density(atoms.xyz, atoms.atomic_number, *geometry,
-                              target_resolution_A or params.resolution_A)
-    return experimental.astype(np.float32), target, _grid_of(shape, low), params
+    clean = simulate_density(atoms.xyz, atoms.atomic_number, shape, (1.0, 1.0, 1.0),
+                             tuple(low), params.resolution_A, extra_b=extra_b)
+    signal = clean + _blobs(atoms, low, shape, clean.max(), params.blobs, rng)
+    signal += 0.03 * clean.max() * _smooth_unit_noise(shape, 6.0, rng)
+    noise = (resolution_calibrated_noise(signal, params.resolution_A, params.snr_b, rng)
+             if params.snr_b > 0 else
+             clean.std() / params.snr * shaped_noise(shape, 1.0, reference, rng))
+    return signal, noise, low, params
+
+
+def resolution_calibrated_noise(signal: np.ndarray, resolution_A: float, snr_b: float,
+                                rng: np.random.Generator) -> np.ndarray:
+    """Noise for a 1 Å ``signal`` whose shell-by-shell signal-to-noise ratio is that of an
+    FSC = 0.143 shell at ``resolution_A`` and ``exp(snr_b · (1/R² − s²))`` times it elsewhere
+    (at most :data:`MAX_SNR`) below it; beyond it the noise power stays at its level at 1/R
+    (as a reconstruction's noise does, while the signal fades): the information ends at the
+    map's resolution, whatever the signal's own spectrum."""
+    frequency, power = radial_power_spectrum(signal, (1.0, 1.0, 1.0))
+    rise = np.minimum(snr_b * (1.0 / resolution_A ** 2 - frequency ** 2),
+                      np.log(MAX_SNR / SNR_AT_RESOLUTION))
+    noise_power = power / np.exp(rise)
+    beyond = frequency > 1.0 / resolution_A
+    noise_power[beyond] = np.interp(1.0 / resolution_A, frequency, noise_power)
+    noise = _shaped_noise_on(signal.shape, (1.0, 1.0, 1.0), (frequency, noise_power), rng)
+    noise_sd = np.sqrt(_shell_power(signal, (1.0, 1.0, 1.0), resolution_A)
+                       / (_shell_power(noise, (1.0, 1.0, 1.0), resolution_A)
+                          * SNR_AT_RESOLUTION))
+    return (noise_sd * noise).astype(np.float32)
 
 
 def _periphery_b(xyz: np.ndarray, b_periphery: float) -> np.ndarray:
@@ -257,7 +306,7 @@ def _periphery_b(xyz: np.ndarray, b_periphery: float) -> np.ndarray:
     return b_periphery * distance2 / max(float(distance2.max()), 1e-12)
 
 
-def _post_processed(volume: np.ndarray, local_xyz: np.ndarray,
+def post_processed(volume: np.ndarray, local_xyz: np.ndarray,
                     params: Degradation) -> np.ndarray:
     """Steps 7–9 on a 1 Å map whose first voxel is at the origin of ``local_xyz``."""
     if params.b_anisotropic > 0:

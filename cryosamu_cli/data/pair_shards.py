@@ -65,7 +65,7 @@ class SimulationJob:
 
     name: str
     model_path: Path
-    reference: tuple
+    reference: tuple | None  # the basic degradation's noise spectrum
     seed: int
     group: str = ""
 

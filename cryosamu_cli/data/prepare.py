@@ -58,8 +58,9 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
         role: Keep only CSV rows of this split/role.
         simulate_from: Folder(s) of PDB/mmCIF models to make simulated pairs from
             (:mod:`cryosamu_cli.data.degrade`), named ``sim-<file stem>``.
-        noise_reference: A real map whose power spectrum shapes the simulated noise (needed
-            with ``simulate_from``).
+        noise_reference: A real map whose power spectrum shapes the simulated noise of the
+            ``basic`` degradation (needed there with ``simulate_from``; unused by
+            ``realistic``).
         seed: Seed of the simulated degradations (each model gets its own stream).
         simulate_repeats: Simulated maps per model, each with its own degradation; the
             repeats are named ``sim-<stem>-r<k>`` and share the split of ``sim-<stem>``.
@@ -85,8 +86,9 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
     """
     output_dir = Path(output_dir)
     degrade.check_kind(options.degradation)
-    jobs = _jobs(pairs_csv, role, simulate_from, noise_reference, seed, simulate_repeats,
-                 degrade_real)
+    jobs = _jobs(pairs_csv, role, simulate_from,
+                 noise_reference if options.degradation == "basic" else None, seed,
+                 simulate_repeats, degrade_real, needs_reference=options.degradation == "basic")
     with folder_removed_if_left_empty(output_dir / "shards"):  # a failure leaves no empty folder
         manifest = _load_manifest(output_dir, options)
         done = {e["name"]: e for e in manifest["pairs"] if _is_finished(e, output_dir)}
@@ -119,7 +121,7 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
 
 
 def _jobs(pairs_csv, role, simulate_from, noise_reference, seed, repeats: int = 1,
-          degrade_real: int = 0) -> list:
+          degrade_real: int = 0, needs_reference: bool = True) -> list:
     """The real pairs of the CSV (and their degraded copies) and the simulation jobs."""
     if pairs_csv is None and simulate_from is None:
         raise ConfigError("give a pairs CSV, --simulate-from DIR, or both")
@@ -133,7 +135,7 @@ def _jobs(pairs_csv, role, simulate_from, noise_reference, seed, repeats: int = 
     simulated: list = []
     for folder in (f for f in folders if f is not None):
         simulated += _simulation_jobs(Path(folder), noise_reference, seed + len(simulated),
-                                      repeats)
+                                      repeats, needs_reference)
     return jobs + simulated
 
 
@@ -145,18 +147,22 @@ def _degraded_jobs(pair: Pair, count: int, seed: int) -> list[DegradedPairJob]:
                              bool(k % 2 == 0), seed + k) for k in range(1, count + 1)]
 
 
-def _simulation_jobs(folder: Path, noise_reference, seed: int,
-                     repeats: int = 1) -> list[SimulationJob]:
-    """``repeats`` jobs per model file in ``folder``, with the reference noise spectrum."""
+def _simulation_jobs(folder: Path, noise_reference, seed: int, repeats: int = 1,
+                     needs_reference: bool = True) -> list[SimulationJob]:
+    """``repeats`` jobs per model file in ``folder``, with the reference noise spectrum
+    (None where the degradation does not use one: the realistic noise follows each map's own
+    signal)."""
     if repeats < 1:
         raise ConfigError(f"--simulate-repeats must be at least 1, got {repeats}")
     if not folder.is_dir():
         raise ConfigError(f"--simulate-from folder not found: {folder}")
-    if noise_reference is None:
-        raise ConfigError("--simulate-from needs --noise-reference MAP (a real map whose noise "
-                          "spectrum the simulated maps follow)")
-    data, grid_info = mapio.read_map(noise_reference)
-    reference = degrade.radial_power_spectrum(data, grid_info.voxel_size_zyx)
+    if noise_reference is None and needs_reference:
+        raise ConfigError("--simulate-from with --degradation basic needs --noise-reference MAP "
+                          "(a real map whose noise spectrum the simulated maps follow)")
+    reference = None
+    if noise_reference is not None:
+        data, grid_info = mapio.read_map(noise_reference)
+        reference = degrade.radial_power_spectrum(data, grid_info.voxel_size_zyx)
     models = sorted(p for p in folder.iterdir()
                     if p.name.lower().endswith((".pdb", ".cif", ".ent", ".pdb.gz", ".cif.gz")))
     jobs = []
