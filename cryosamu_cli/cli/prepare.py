@@ -22,7 +22,8 @@ cryosamu prepare-data pairs.csv -o data --struct-encoder proteinmpnn
 
 cryosamu prepare-data -o sim --no-struct --simulate-from models/
 
-cryosamu prepare-data -o sim-v2 --no-struct --simulate-from models/ --degradation basic --noise-reference emd_6824.mrc"""
+cryosamu prepare-data -o sim-v2 --no-struct --simulate-from models/ --degradation basic \\
+    --noise-reference emd_6824.mrc"""
 
 
 @app.command("prepare-data", epilog=epilog(EXAMPLE))

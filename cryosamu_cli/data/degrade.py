@@ -13,9 +13,10 @@ The degradation model, applied to every model with its own random draw:
    ``realistic``: noise set shell by shell from the map's own signal, so that the
    signal-to-noise ratio is that of an FSC = 0.143 shell at the drawn resolution and rises
    towards low frequencies as ``exp(snr_b · (1/R² − s²))`` (``snr_b`` 4–12 R²: a half-map
-   FSC of 0.6–0.97 at 1.5 R), as a reconstruction's does; beyond R the noise stays flat. (The reference's spectrum, emd_6824's, is itself low-passed near
-   8 Å: noise shaped by it left the simulated maps with a signal-to-noise ratio of ~350 at their
-   drawn resolution, a thousand times a real map's.)
+   FSC of 0.6–0.97 at 1.5 R), as a reconstruction's does; beyond R the noise stays flat.
+   (The reference's spectrum, emd_6824's, is itself low-passed near 8 Å: noise shaped by it
+   left the simulated maps with a signal-to-noise ratio of ~350 at their drawn resolution, a
+   thousand times a real map's.)
 
 ``realistic`` draws (``prepare-data --degradation realistic``, the default) add what deposited
 maps have and steps 1–5 lack, as measured by ``benchmarks/simulation_realism.py`` (real maps
@@ -100,7 +101,7 @@ SNR_AT_RESOLUTION = SNR_AT_FSC_THRESHOLD  # the SNR a degraded map has in its re
 # realistic noise: the SNR rises as exp(B (1/R² − s²)) below 1/R, B = k R² with k drawn here:
 # from 1/R to 1/(1.5 R) a half-map FSC then rises from 0.143 to 0.6-0.97, as real curves do
 SNR_RISE_RANGE = (4.0, 12.0)
-MAX_SNR = 1000.0  # ... up to this (an FSC of 0.999), so no shell is noise-free
+MAX_SNR = 1000.0  # ... up to this (a half-map FSC of 0.998), so no shell is noise-free
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,7 @@ def _periphery_b(xyz: np.ndarray, b_periphery: float) -> np.ndarray:
 
 
 def post_processed(volume: np.ndarray, local_xyz: np.ndarray,
-                    params: Degradation) -> np.ndarray:
+                   params: Degradation) -> np.ndarray:
     """Steps 7–9 on a 1 Å map whose first voxel is at the origin of ``local_xyz``."""
     if params.b_anisotropic > 0:
         volume = anisotropic_blur(volume, params.b_anisotropic, params.anisotropy_direction_xyz)
