@@ -262,6 +262,8 @@ def test_simulated_pairs_from_models(shared_data, tmp_path):
     missing = runner.invoke(app, ["prepare-data", "-o", str(out), "--no-struct",
                                   "--simulate-from", str(models), "--degradation", "basic"])
     assert missing.exit_code == 1 and "--noise-reference" in missing.stderr
+    # the first run gave a reference to the (default) realistic degradation, which ignores it
+    assert "used by --degradation basic only" in " ".join(result.stderr.split())
     # the realistic noise follows each map's own signal: no reference needed, same draws
     without = prepare.prepare_data(output_dir=tmp_path / "without", simulate_from=models,
                                    seed=3)

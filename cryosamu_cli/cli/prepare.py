@@ -85,7 +85,7 @@ def prepare_cmd(
         help="Same as --struct-encoder esm-if1 --encoder-weights PATH.")] = None,
 ) -> None:
     """Map–model pairs → 1 Å grids, eq. 1 targets and 64³ cube shards (resumable)."""
-    from cryosamu_cli.data import pair_shards
+    from cryosamu_cli.data import degrade, pair_shards
     from cryosamu_cli.data import prepare
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -104,6 +104,10 @@ def prepare_cmd(
         bar.advance(task)
 
     with user_errors(), bar:
+        if (noise_reference is not None and degradation in degrade.DEGRADATION_KINDS
+                and not prepare.uses_noise_reference(degradation)):
+            console.print(f"Warning: --noise-reference is used by --degradation basic only; the "
+                          f"{degradation} noise follows each simulated map's own signal")
         embedder = None
         if not no_struct:  # torch and the encoder only when embeddings are made
             from cryosamu_cli.data import embed

@@ -86,9 +86,12 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
     """
     output_dir = Path(output_dir)
     degrade.check_kind(options.degradation)
-    jobs = _jobs(pairs_csv, role, simulate_from,
-                 noise_reference if options.degradation == "basic" else None, seed,
-                 simulate_repeats, degrade_real, needs_reference=options.degradation == "basic")
+    uses_reference = uses_noise_reference(options.degradation)
+    if simulate_from and uses_reference and noise_reference is None:
+        raise ConfigError("--simulate-from with --degradation basic needs --noise-reference MAP "
+                          "(a real map whose noise spectrum the simulated maps follow)")
+    jobs = _jobs(pairs_csv, role, simulate_from, noise_reference if uses_reference else None,
+                 seed, simulate_repeats, degrade_real)
     with folder_removed_if_left_empty(output_dir / "shards"):  # a failure leaves no empty folder
         manifest = _load_manifest(output_dir, options)
         done = {e["name"]: e for e in manifest["pairs"] if _is_finished(e, output_dir)}
@@ -120,8 +123,14 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
         return manifest
 
 
+def uses_noise_reference(degradation: str) -> bool:
+    """Whether simulations of this degradation kind take their noise spectrum from
+    ``--noise-reference`` (``basic``; the ``realistic`` noise follows each map's own signal)."""
+    return degradation == "basic"
+
+
 def _jobs(pairs_csv, role, simulate_from, noise_reference, seed, repeats: int = 1,
-          degrade_real: int = 0, needs_reference: bool = True) -> list:
+          degrade_real: int = 0) -> list:
     """The real pairs of the CSV (and their degraded copies) and the simulation jobs."""
     if pairs_csv is None and simulate_from is None:
         raise ConfigError("give a pairs CSV, --simulate-from DIR, or both")
@@ -135,7 +144,7 @@ def _jobs(pairs_csv, role, simulate_from, noise_reference, seed, repeats: int = 
     simulated: list = []
     for folder in (f for f in folders if f is not None):
         simulated += _simulation_jobs(Path(folder), noise_reference, seed + len(simulated),
-                                      repeats, needs_reference)
+                                      repeats)
     return jobs + simulated
 
 
@@ -147,8 +156,8 @@ def _degraded_jobs(pair: Pair, count: int, seed: int) -> list[DegradedPairJob]:
                              bool(k % 2 == 0), seed + k) for k in range(1, count + 1)]
 
 
-def _simulation_jobs(folder: Path, noise_reference, seed: int, repeats: int = 1,
-                     needs_reference: bool = True) -> list[SimulationJob]:
+def _simulation_jobs(folder: Path, noise_reference, seed: int,
+                     repeats: int = 1) -> list[SimulationJob]:
     """``repeats`` jobs per model file in ``folder``, with the reference noise spectrum
     (None where the degradation does not use one: the realistic noise follows each map's own
     signal)."""
@@ -156,9 +165,6 @@ def _simulation_jobs(folder: Path, noise_reference, seed: int, repeats: int = 1,
         raise ConfigError(f"--simulate-repeats must be at least 1, got {repeats}")
     if not folder.is_dir():
         raise ConfigError(f"--simulate-from folder not found: {folder}")
-    if noise_reference is None and needs_reference:
-        raise ConfigError("--simulate-from with --degradation basic needs --noise-reference MAP "
-                          "(a real map whose noise spectrum the simulated maps follow)")
     reference = None
     if noise_reference is not None:
         data, grid_info = mapio.read_map(noise_reference)
