@@ -294,9 +294,9 @@ def resolution_calibrated_noise(signal: np.ndarray, resolution_A: float, snr_b: 
     beyond = frequency > 1.0 / resolution_A
     noise_power[beyond] = np.interp(1.0 / resolution_A, frequency, noise_power)
     noise = _shaped_noise_on(signal.shape, (1.0, 1.0, 1.0), (frequency, noise_power), rng)
-    noise_sd = np.sqrt(_shell_power(signal, (1.0, 1.0, 1.0), resolution_A)
-                       / (_shell_power(noise, (1.0, 1.0, 1.0), resolution_A)
-                          * SNR_AT_RESOLUTION))
+    signal_power_at_r = float(np.interp(1.0 / resolution_A, frequency, power))
+    noise_sd = np.sqrt(signal_power_at_r / (_shell_power(noise, (1.0, 1.0, 1.0), resolution_A)
+                                            * SNR_AT_RESOLUTION))
     return (noise_sd * noise).astype(np.float32)
 
 
