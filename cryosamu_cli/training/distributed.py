@@ -40,12 +40,25 @@ def weights_checksum(model: nn.Module) -> str:
 
 
 def gather(value: str, world: int) -> list[str]:
-    """Every rank's ``value`` (one process: just this one)."""
+    """Every rank's ``value`` in rank order (one process: just this one), once per run.
+
+    Exchanged through torchrun's rendezvous store (``MASTER_ADDR:MASTER_PORT``), not a gloo
+    collective: this is a run's last exchange, and a gloo worker thread that frees a
+    collective's tensors must take the GIL; when Python is already shutting down it cannot, and
+    the process aborts after a run that ended well (SIGABRT, "terminate called without an
+    active exception": 7 of 60 two-rank runs of a small DDP script on a 2-core CPU, and CI;
+    0 of 60 through the store, whose calls run in this thread and hold no tensors). Ranks wait
+    for each other as long as a collective would (``default_pg_timeout``): rank 0 may still be
+    validating.
+    """
     if world == 1:
         return [value]
-    values = [None] * world
-    torch.distributed.all_gather_object(values, value)
-    return values
+    client = torch.distributed.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+        timeout=torch.distributed.default_pg_timeout)
+    store = torch.distributed.PrefixStore("cryosamu-gather/", client)
+    store.set(str(torch.distributed.get_rank()), value)
+    return [store.get(str(rank)).decode() for rank in range(world)]
 
 
 def training_network(model: nn.Module, world: int, device: torch.device, *,
