@@ -46,14 +46,13 @@ def gradient_map(data: np.ndarray, voxel: tuple, centre_A: float, rim_A: float, 
     return blended.astype(np.float32), weight
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("split_csv")
-    parser.add_argument("--weights", default=None)
-    args = parser.parse_args()
-    pairs = [p for p in read_pairs(args.split_csv) if p.split == "val"]
-    enhancer = predictor.load_enhancer(weights=args.weights, device="cpu", precision="fp32")
-    rows: dict[str, list[dict]] = {"global (bare)": [], "local": []}
+def enhanced_gradient_maps(split_csv: str, weights: str | None):
+    """Each gradient map of the ``val`` pairs with what scoring it needs: a label, the rim
+    copy's weight per voxel, the model map and its mask at R_centre, the global estimate, the
+    local resolution, the network's full-band 1 Å output and the arguments that resample it
+    back."""
+    pairs = [p for p in read_pairs(split_csv) if p.split == "val"]
+    enhancer = predictor.load_enhancer(weights=weights, device="cpu", precision="fp32")
     for index, pair in enumerate(pairs):
         data, info = mapio.read_map(pair.map_path)
         voxel, atoms = info.voxel_size_zyx, read_atoms(pair.model_path)
@@ -67,24 +66,35 @@ def main() -> None:
             on_1A = grid.resample_to_spacing(degraded, voxel)
             full = enhancer.run(grid.normalise(on_1A, grid.normalisation_of(on_1A)))[0]
             back = (grid.NETWORK_VOXEL_SIZE_A, info.shape_zyx, voxel)
-            maps = {"global (bare)": grid.band_limit(full, (1.0,) * 3, global_A, BAND_EDGE),
-                    "local": local_resolution.locally_limited(
-                        full, grid.resample_to_spacing(local_A, voxel), global_A, BAND_EDGE)}
             label = f"{pair.name} {centre_A:g}->{rim_A:g} A {'post' if low_pass else 'raw'}"
-            centre, rim = inside & (weight < 0.3), inside & (weight > 0.9)
-            print(f"\n{label}: global estimate {global_A:.2f} A; local median centre "
-                  f"{np.median(local_A[centre]):.2f}, rim {np.median(local_A[rim]):.2f}")
-            for name, limited in maps.items():
-                on_grid = grid.resample_to_grid(limited, *back)
-                scores = {"cc_box": metrics.pearson(on_grid, model_map),
-                          "cc_mask": metrics.pearson(on_grid[inside], model_map[inside])}
-                rows[name].append(scores)
-                print(f"  {name:14s} CC_box {scores['cc_box']:.3f}  CC_mask {scores['cc_mask']:.3f}")
+            yield label, weight, model_map, inside, global_A, local_A, full, back
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("split_csv")
+    parser.add_argument("--weights", default=None)
+    args = parser.parse_args()
+    rows: dict[str, list[dict]] = {"global (bare)": [], "local": []}
+    for (label, weight, model_map, inside, global_A, local_A, full,
+         back) in enhanced_gradient_maps(args.split_csv, args.weights):
+        voxel = back[2]
+        maps = {"global (bare)": grid.band_limit(full, (1.0,) * 3, global_A, BAND_EDGE),
+                "local": local_resolution.locally_limited(
+                    full, grid.resample_to_spacing(local_A, voxel), global_A, BAND_EDGE)}
+        centre, rim = inside & (weight < 0.3), inside & (weight > 0.9)
+        print(f"\n{label}: global estimate {global_A:.2f} A; local median centre "
+              f"{np.median(local_A[centre]):.2f}, rim {np.median(local_A[rim]):.2f}")
+        for name, limited in maps.items():
+            on_grid = grid.resample_to_grid(limited, *back)
+            scores = {"cc_box": metrics.pearson(on_grid, model_map),
+                      "cc_mask": metrics.pearson(on_grid[inside], model_map[inside])}
+            rows[name].append(scores)
+            print(f"  {name:14s} CC_box {scores['cc_box']:.3f}  CC_mask {scores['cc_mask']:.3f}")
     print("\n| band limit | maps | CC_box | CC_mask |\n|---|---|---|---|")
     for name, scored in rows.items():
         mean = validation.mean_scores(scored)
         print(f"| {name} | {len(scored)} | {mean['cc_box']:.3f} | {mean['cc_mask']:.3f} |")
-
 
 if __name__ == "__main__":
     main()
