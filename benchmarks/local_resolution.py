@@ -96,5 +96,6 @@ def main() -> None:
         mean = validation.mean_scores(scored)
         print(f"| {name} | {len(scored)} | {mean['cc_box']:.3f} | {mean['cc_mask']:.3f} |")
 
+
 if __name__ == "__main__":
     main()
