@@ -49,14 +49,15 @@ def gather(value: str, world: int) -> list[str]:
     active exception": 7 of 60 two-rank runs of a small DDP script on a 2-core CPU, and CI;
     0 of 60 through the store, whose calls run in this thread and hold no tensors). Ranks wait
     for each other as long as a collective would (``default_pg_timeout``): rank 0 may still be
-    validating.
+    validating. Keys carry torchrun's restart count: the store outlives a restarted attempt.
     """
     if world == 1:
         return [value]
     client = torch.distributed.TCPStore(
         os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
         timeout=torch.distributed.default_pg_timeout)
-    store = torch.distributed.PrefixStore("cryosamu-gather/", client)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = torch.distributed.PrefixStore(f"cryosamu-gather/{attempt}/", client)
     store.set(str(torch.distributed.get_rank()), value)
     return [store.get(str(rank)).decode() for rank in range(world)]
 
