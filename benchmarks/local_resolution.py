@@ -1,13 +1,16 @@
-"""Local resolution (``enhance --local-resolution``): does a band limit that follows each
-region beat the one global band limit, on maps whose resolution falls from centre to rim?
+"""Local resolution (``enhance``'s default band limit): does a band limit that follows each
+region beat one global band limit (``--band-limit global``), on maps whose resolution falls
+from centre to rim?
 
 Validation maps only (the ``val`` pairs of a split CSV, never ``eval``): each degraded twice
 by :func:`cryosamu_cli.data.degrade.degraded_real_map`, at R_centre and R_rim, and blended by
 the distance from the box centre (the centre's copy inside, the rim's copy from 60 % of the
 way out), as raw maps and post-processed ones (then low-passed at R_centre). The shipped
-network enhances each once; its output is limited at the global estimate (the bare command)
-or locally, and scored by CC_box / CC_mask against the model map at R_centre. Also printed:
-the local resolution's median in the centre and at the rim.
+network enhances each once; its output is limited at the global estimate (``--band-limit
+global``) or locally around it (the default: the local values followed
+:data:`cryosamu_cli.enhance.local_resolution.FOLLOW` of the way), and scored by CC_box /
+CC_mask against the model map at R_centre. Also printed: the local resolution's median in the
+centre and at the rim.
 
     python benchmarks/local_resolution.py training/pairs-v2.csv               # ~5 min
 """
@@ -22,7 +25,7 @@ from cryosamu_cli import grid, mapio, metrics
 from cryosamu_cli.data import degrade
 from cryosamu_cli.data.pairs import read_pairs
 from cryosamu_cli.enhance import local_resolution, predictor
-from cryosamu_cli.enhance.pipeline import BAND_EDGE
+from cryosamu_cli.enhance.band import BAND_EDGE
 from cryosamu_cli.enhance.resolution_estimate import estimate_resolution
 from cryosamu_cli.structure import read_atoms
 from cryosamu_cli.training import validation
@@ -75,11 +78,11 @@ def main() -> None:
     parser.add_argument("split_csv")
     parser.add_argument("--weights", default=None)
     args = parser.parse_args()
-    rows: dict[str, list[dict]] = {"global (bare)": [], "local": []}
+    rows: dict[str, list[dict]] = {"global": [], "local": []}
     for (label, weight, model_map, inside, global_A, local_A, full,
          back) in enhanced_gradient_maps(args.split_csv, args.weights):
         voxel = back[2]
-        maps = {"global (bare)": grid.band_limit(full, (1.0,) * 3, global_A, BAND_EDGE),
+        maps = {"global": grid.band_limit(full, (1.0,) * 3, global_A, BAND_EDGE),
                 "local": local_resolution.locally_limited(
                     full, grid.resample_to_spacing(local_A, voxel), global_A, BAND_EDGE)}
         centre, rim = inside & (weight < 0.3), inside & (weight > 0.9)

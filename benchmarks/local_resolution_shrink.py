@@ -1,8 +1,10 @@
 """How far should the band limit follow the local resolution? The local values shrunk towards
-the global one, R·(local / R)^α, for α from 0 (the global band: the bare command) to 1
-(``--local-resolution`` as shipped), on every validation map: the 21 of
-``resolution_estimate.py --part 2`` and the 12 gradient maps of ``local_resolution.py``.
-Validation pairs only, never ``eval``. Prints mean CC_box / CC_mask per kind and α.
+the global one, R·(local / R)^α (``locally_limited``'s ``follow``), for α from 0 (one global
+band: ``--band-limit global``) to 1 (the local values themselves; the default follows
+:data:`cryosamu_cli.enhance.local_resolution.FOLLOW`, chosen with this), on every validation
+map: the 21 of ``resolution_estimate.py --part 2`` and the 12 gradient maps of
+``local_resolution.py``. Validation pairs only, never ``eval``. Prints mean CC_box / CC_mask
+per kind and α.
 
     python benchmarks/local_resolution_shrink.py training/pairs-v2.csv      # ~9 min, 2 cores
 """
@@ -22,7 +24,7 @@ import resolution_estimate as estimate_bench  # noqa: E402
 
 from cryosamu_cli import grid, metrics  # noqa: E402
 from cryosamu_cli.enhance import local_resolution  # noqa: E402
-from cryosamu_cli.enhance.pipeline import BAND_EDGE  # noqa: E402
+from cryosamu_cli.enhance.band import BAND_EDGE  # noqa: E402
 from cryosamu_cli.training import validation  # noqa: E402
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -33,8 +35,8 @@ def scored_by_alpha(full, local_A, global_A, voxel, back, score) -> dict[float, 
     local_1A = grid.resample_to_spacing(local_A, voxel)
     scores = {}
     for alpha in ALPHAS:
-        shrunk = (global_A * (local_1A / global_A) ** alpha).astype(np.float32)
-        limited = local_resolution.locally_limited(full, shrunk, global_A, BAND_EDGE)
+        limited = local_resolution.locally_limited(full, local_1A, global_A, BAND_EDGE,
+                                                   follow=alpha)
         scores[alpha] = score(grid.resample_to_grid(limited, *back))
     return scores
 

@@ -10,10 +10,10 @@ worst relative error per kind. Then realistic simulated maps (``--simulated N`` 
 
 Part 2, map quality on the validation maps (the ``train`` pairs of the validation split, never
 ``eval``), degraded to 4.5–8 Å raw and post-processed: the shipped network enhanced once, then
-band-limited at the known R (``enhance --resolution R``), at the estimated R (the bare
-command) and locally around it (``--local-resolution``), against the degraded map and that
-map low-passed at R. CC_box / CC_mask as the model
-card's validation scores them (:mod:`cryosamu_cli.training.validation`).
+band-limited at the known R (``enhance --resolution R``) and at the estimated R (the bare
+command), each locally around that R (the default) and with one global band
+(``--band-limit global``), against the degraded map and that map low-passed at R. CC_box /
+CC_mask as the model card's validation scores them (:mod:`cryosamu_cli.training.validation`).
 
 Part 3, the band to write when nothing gives a resolution: the same maps, the output limited
 at fixed resolutions (and the full band) whatever their true R, against the true R.
@@ -35,7 +35,7 @@ from cryosamu_cli import grid, mapio
 from cryosamu_cli.data import degrade, pair_shards
 from cryosamu_cli.data.pairs import read_pairs
 from cryosamu_cli.enhance import local_resolution, predictor
-from cryosamu_cli.enhance.pipeline import BAND_EDGE
+from cryosamu_cli.enhance.band import BAND_EDGE
 from cryosamu_cli.enhance.resolution_estimate import estimate_resolution, molecule_and_solvent
 from cryosamu_cli.errors import ResolutionUnknownError
 from cryosamu_cli.structure import read_atoms
@@ -164,21 +164,22 @@ def map_quality(pairs_csv: str, weights: str | None) -> None:
         guess, method = estimated(vmap.data, voxel)
         maps = {"degraded map": vmap.data,
                 "degraded map low-passed at R": grid.band_limit(vmap.data, voxel,
-                                                                vmap.resolution_A),
-                "enhance --resolution R": grid.resample_to_grid(
-                    grid.band_limit(full, (1.0,) * 3, vmap.resolution_A, BAND_EDGE), *back)}
+                                                                vmap.resolution_A)}
+        limits = {"--resolution R": vmap.resolution_A}
         if np.isfinite(guess):
-            maps["enhance (bare: estimated R)"] = grid.resample_to_grid(
-                grid.band_limit(full, (1.0,) * 3, guess, BAND_EDGE), *back)
-            local_A = local_resolution.local_resolution(vmap.data, voxel, guess)
-            maps["enhance --local-resolution (estimated R)"] = grid.resample_to_grid(
+            limits["(bare: estimated R)"] = guess
+        for words, resolution_A in limits.items():
+            maps[f"enhance {words} --band-limit global"] = grid.resample_to_grid(
+                grid.band_limit(full, (1.0,) * 3, resolution_A, BAND_EDGE), *back)
+            local_A = local_resolution.local_resolution(vmap.data, voxel, resolution_A)
+            maps[f"enhance {words}"] = grid.resample_to_grid(
                 local_resolution.locally_limited(full, grid.resample_to_spacing(local_A, voxel),
-                                                 guess, BAND_EDGE), *back)
+                                                 resolution_A, BAND_EDGE), *back)
         print(f"\n{vmap.name}: estimate {guess:.2f} Å ({method})")
         for label, data in maps.items():
             scores = vmap.scores(data)
             rows[label].append((vmap.name, scores))
-            print(f"  {label:30s} CC_box {scores['cc_box']:.3f}  CC_mask {scores['cc_mask']:.3f}")
+            print(f"  {label:45s} CC_box {scores['cc_box']:.3f}  CC_mask {scores['cc_mask']:.3f}")
     print_means("how it was run", rows)
 
 

@@ -14,7 +14,7 @@ import time
 
 from cryosamu_cli import grid
 from cryosamu_cli.enhance import predictor
-from cryosamu_cli.enhance.pipeline import BAND_EDGE
+from cryosamu_cli.enhance.band import BAND_EDGE
 from cryosamu_cli.training import validation
 
 COUNTS = (1, 2, 4, 8)

@@ -166,14 +166,40 @@ def band_limit(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A
     Single-precision FFTs (scipy.fft): the volume, its half spectrum and one weight per
     Fourier voxel are the memory it takes.
     """
+    return _weighted_back(half_spectrum(data), data.shape, voxel_size_zyx, resolution_A, edge)
+
+
+def half_spectrum(data: np.ndarray) -> np.ndarray:
+    """The single-precision half spectrum (scipy.fft ``rfftn``) of ``data[z, y, x]``."""
     from scipy import fft
 
-    spectrum = fft.rfftn(data.astype(np.float32, copy=False), workers=-1)
+    return fft.rfftn(data.astype(np.float32, copy=False), workers=-1)
+
+
+def band_limited_spectrum(spectrum: np.ndarray, shape_zyx: tuple[int, ...],
+                          voxel_size_zyx: tuple[float, ...], resolution_A: float,
+                          edge: tuple[float, float] = (1.0, 1.0),
+                          buffer: np.ndarray | None = None) -> np.ndarray:
+    """:func:`band_limit` of the volume whose :func:`half_spectrum` is ``spectrum`` (left
+    unchanged, so one spectrum serves several band limits; ``buffer``, shaped like it, is
+    written over instead of a new copy)."""
+    return _weighted_back(spectrum, shape_zyx, voxel_size_zyx, resolution_A, edge,
+                          out=np.empty_like(spectrum) if buffer is None else buffer)
+
+
+def _weighted_back(spectrum: np.ndarray, shape_zyx: tuple[int, ...],
+                   voxel_size_zyx: tuple[float, ...], resolution_A: float,
+                   edge: tuple[float, float], out: np.ndarray | None = None) -> np.ndarray:
+    """The half spectrum weighted by :func:`low_pass_weights` (in place, or into ``out``),
+    back in real space."""
+    from scipy import fft
+
+    out = spectrum if out is None else out
     for plane in range(spectrum.shape[0]):  # weights one z-plane at a time: no full-size temporaries
-        spectrum[plane:plane + 1] *= low_pass_weights(
-            _frequency_radius(data.shape, voxel_size_zyx, plane), resolution_A,
-            edge).astype(np.float32)
-    return fft.irfftn(spectrum, s=data.shape, workers=-1, overwrite_x=True).astype(
+        np.multiply(spectrum[plane:plane + 1], low_pass_weights(
+            _frequency_radius(shape_zyx, voxel_size_zyx, plane), resolution_A,
+            edge).astype(np.float32), out=out[plane:plane + 1])
+    return fft.irfftn(out, s=shape_zyx, workers=-1, overwrite_x=True).astype(
         np.float32, copy=False)
 
 

@@ -50,8 +50,8 @@ def test_options_reach_enhance_map_as_keywords(monkeypatch, tmp_path):
         input_path=Path("in.mrc"), output_path=Path("out.mrc"), weights=Path("w.pt"),
         device="cuda:1", batch_size=6, cube_size=48, core_size=40, threads=3, force=True,
         half2_path=None, mask_path=None, mask_mode="keep-inside", strength=1.0, confidence=0,
-        precision="auto", resolution=None, density_scale="input", local_resolution=False,
-        tta=1)
+        precision="auto", resolution=None, density_scale="input", band_limit="local",
+        write_locres=False, tta=1)
     assert hooks <= set(kwargs)
     assert "6 cubes run, 2 skipped" in result.output
     for argv in ([], ["--batch-size", "auto"]):

@@ -53,7 +53,8 @@ def test_two_runs_in_separate_processes_write_identical_bytes(tmp_path, tiny_che
     assert outputs[0] == outputs[1]
     with mrcfile.open(tmp_path / "run0.mrc") as mrc:
         label = bytes(mrc.header.label[mrc.header.nlabl - 1]).decode().strip()
-    assert label.endswith(": enhanced, input units, res 6.00 A (--resolution), "
+    # the example map has noise in its solvent: the band followed the local resolution
+    assert label.endswith(": enhanced, input units, res 6.00 A (--resolution), local, "
                           f"{AUTO_REASON.split(':')[0]}")
 
 
@@ -119,7 +120,16 @@ def test_a_map_too_big_for_memory_is_refused_before_any_work(tmp_path, tiny_chec
         memory.check_enhance_fits((400, 400, 400), (1.5, 1.5, 1.5), available=1 << 30)
     memory.check_enhance_fits((100, 100, 100), (1.5, 1.5, 1.5), available=64 << 30)
     assert memory.enhance_bytes((100, 100, 100), (1.0, 1.0, 1.0)) == (
-        100 ** 3 * memory.BYTES_PER_1A_VOXEL + memory.FIXED_BYTES)
+        100 ** 3 * (memory.BYTES_PER_1A_VOXEL + memory.BYTES_PER_INPUT_VOXEL)
+        + memory.FIXED_BYTES)
+    local = memory.enhance_bytes((100, 100, 100), (1.0, 1.0, 1.0), local_band=True)
+    assert local == memory.enhance_bytes((100, 100, 100), (1.0, 1.0, 1.0)) + (
+        100 ** 3 * memory.LOCAL_BAND_BYTES_PER_1A_VOXEL)
+    # a map that fits with one global band but not locally is told so
+    needed = memory.enhance_bytes((400, 400, 400), (1.0, 1.0, 1.0))
+    with pytest.raises(ResourceError, match="--band-limit global"):
+        memory.check_enhance_fits((400, 400, 400), (1.0, 1.0, 1.0), available=needed + 1,
+                                  local_band=True)
 
 
 def test_a_bad_argument_is_reported_before_torch_is_imported(tmp_path):

@@ -188,7 +188,7 @@ def test_validation_enhances_exactly_as_enhance_does(small_pair_csv, tiny_checkp
     mapio.write_map(source, vmap.data, vmap.grid)
     enhance.enhance_map(input_path=source, output_path=tmp_path / "out.mrc",
                         weights=tiny_checkpoint, resolution=vmap.resolution_A,
-                        precision="fp32", density_scale="normalised")
+                        precision="fp32", density_scale="normalised", band_limit="global")
     by_enhance, _ = mapio.read_map(tmp_path / "out.mrc")
     model = load_model(tiny_checkpoint)
     by_validation = validation.enhanced_like_enhance(

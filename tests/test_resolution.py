@@ -141,21 +141,34 @@ def test_enhanced_output_is_limited_and_labelled(tmp_path, tiny_checkpoint):
     source = write_mrc(tmp_path / "in.mrc", np.abs(smooth_volume((40, 40, 40), sigma=1.0)),
                        voxel_size=(1.1, 1.1, 1.1))
     limited = enhance.enhance_map(input_path=source, output_path=tmp_path / "lim.mrc",
-                                  weights=tiny_checkpoint, resolution="6")
+                                  weights=tiny_checkpoint, resolution="6", band_limit="global")
     full = enhance.enhance_map(input_path=source, output_path=tmp_path / "full.mrc",
                                weights=tiny_checkpoint, resolution="none")
+    local = enhance.enhance_map(input_path=source, output_path=tmp_path / "local.mrc",
+                                weights=tiny_checkpoint, resolution="6")
     assert limited.resolution == ResolutionChoice(6.0, "--resolution")
     assert full.resolution == ResolutionChoice(None, "--resolution none")
+    assert local.resolution == ResolutionChoice(6.0, "--resolution", band="local")
     with mrcfile.open(tmp_path / "lim.mrc") as mrc:
         label = bytes(mrc.header.label[mrc.header.nlabl - 1]).decode().strip()
         out_limited = mrc.data.astype(np.float32)
     with mrcfile.open(tmp_path / "full.mrc") as mrc:
         out_full = mrc.data.astype(np.float32)
-    assert "res 6.00 A (--resolution)" in label
+    with mrcfile.open(tmp_path / "local.mrc") as mrc:
+        local_label = bytes(mrc.header.label[mrc.header.nlabl - 1]).decode().strip()
+        out_local = mrc.data.astype(np.float32)
+    assert "res 6.00 A (--resolution), " in label and ", local" not in label
+    assert "res 6.00 A (--resolution), local" in local_label
     # (beyond 6 Å on the 1.1 Å grid only resampling's small leakage remains)
     assert _radial_power_beyond(out_full, 1.1, 6.0) > 0.05
     assert _radial_power_beyond(out_limited, 1.1, 6.0) < 0.2 * _radial_power_beyond(
         out_full, 1.1, 6.0)
+    # locally limited: no region finer than the ladder's finest rung followed half-way
+    # (0.775 R), and less beyond R than the full band
+    assert _radial_power_beyond(out_local, 1.1, 6.0) < 0.5 * _radial_power_beyond(
+        out_full, 1.1, 6.0)
+    assert _radial_power_beyond(out_local, 1.1, 0.6 * 6.0) < 0.2 * _radial_power_beyond(
+        out_full, 1.1, 0.6 * 6.0)
 
 
 def test_half_map_resolution_is_used_without_resolution(tmp_path, tiny_checkpoint):
@@ -212,7 +225,8 @@ def test_batch_takes_a_resolution_csv_and_refuses_an_unlisted_map_before_any_wor
     outcomes = batch.enhance_many(input_paths=maps, output_dir=out, resolution=str(table),
                                     weights=tiny_checkpoint)
     assert [o.result.resolution for o in outcomes] == [
-        ResolutionChoice(5.5, "resolution CSV"), ResolutionChoice(None, "--resolution none")]
+        ResolutionChoice(5.5, "resolution CSV", band="local"),
+        ResolutionChoice(None, "--resolution none")]
 
 
 def test_the_projects_pairs_csv_gives_resolutions_by_column_name(shared_data, tmp_path):

@@ -3,6 +3,8 @@ degraded to known resolutions), read from an EMDB header XML, and the order of t
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -278,7 +280,9 @@ def test_enhance_an_emdb_id_through_a_local_mirror_and_offline(shared_data, tmp_
 
 def test_local_resolution_of_two_halves_at_two_resolutions(tmp_path, tiny_checkpoint):
     """Half maps whose left half holds detail to 4.5 Å and right half only to 9 Å: the
-    local resolution map shows the two regions, and enhance writes it as <output>_locres.mrc."""
+    local resolution map shows the two regions, enhance writes it as <output>_locres.mrc with
+    --write-locres, and its default band limit passes more detail on the left and less on the
+    right than one global band (--band-limit global)."""
     from cryosamu_cli.enhance import local_resolution
 
     rng = np.random.default_rng(0)
@@ -301,11 +305,57 @@ def test_local_resolution_of_two_halves_at_two_resolutions(tmp_path, tiny_checkp
     out = tmp_path / "avg.mrc"
     result = runner.invoke(app, ["enhance", str(paths[0]), "--half2", str(paths[1]), "-o",
                                  str(out), "--weights", str(tiny_checkpoint),
-                                 "--local-resolution"])
+                                 "--write-locres"])
     assert result.exit_code == 0, result.output
     written, _ = mapio.read_map(tmp_path / "avg_locres.mrc")
-    assert np.median(written[(radius < 30) & (xx > n // 2 + 16)]) > \
-        1.3 * np.median(written[(radius < 30) & (xx < n // 2 - 16)])
+    left_side, right_side = (radius < 30) & (xx < n // 2 - 16), (radius < 30) & (xx > n // 2 + 16)
+    assert np.median(written[right_side]) > 1.3 * np.median(written[left_side])
+    local_out, local_grid = mapio.read_map(out)
+    assert "local" in local_grid.labels[-1] and "each region" in result.output
+    report = json.loads((tmp_path / "avg_fsc.json").read_text())
+    assert report["output_limited_to"]["band_limit"] == "local"
+    one_band = runner.invoke(app, ["enhance", str(paths[0]), "--half2", str(paths[1]), "-o",
+                                   str(tmp_path / "global.mrc"), "--weights",
+                                   str(tiny_checkpoint), "--band-limit", "global"])
+    assert one_band.exit_code == 0, one_band.output
+    global_out, global_grid = mapio.read_map(tmp_path / "global.mrc")
+    assert "local" not in global_grid.labels[-1]
+    assert not (tmp_path / "global_locres.mrc").exists()
+
+    global_A = report["output_limited_to"]["resolution_A"]  # the halves' FSC: about 4.2 Å
+
+    def fine_detail(volume, region):  # the share of a region's power beyond 1 / (1.2 R)
+        finer = volume - grid.band_limit(volume, (1.0,) * 3, 1.2 * global_A)
+        return float(np.sum(finer[region] ** 2) / np.sum(volume[region] ** 2))
+
+    # the left reads about R, so it keeps the global band's detail; the right (9 Å) loses most
+    assert fine_detail(local_out, left_side) > 0.9 * fine_detail(global_out, left_side)
+    assert fine_detail(local_out, right_side) < 0.3 * fine_detail(global_out, right_side)
+
+
+def test_the_band_limit_follows_the_local_values_as_far_as_asked():
+    """follow = 0 is the global band exactly; follow = 1 blends the ladder at the local values
+    themselves; the default follows half-way (in log resolution); uniform local values are
+    the global band whatever follow is."""
+    from cryosamu_cli.enhance import local_resolution
+
+    rng = np.random.default_rng(3)
+    volume = rng.standard_normal((48,) * 3).astype(np.float32)
+    edge = (0.9, 1.1)
+    one_band = grid.band_limit(volume, (1.0,) * 3, 6.0, edge)
+    coarse = np.full(volume.shape, 6.0 * 1.45, np.float32)  # a rung of the ladder
+    assert np.allclose(local_resolution.locally_limited(volume, coarse, 6.0, edge, follow=0.0),
+                       one_band, atol=1e-5)
+    assert np.allclose(local_resolution.locally_limited(volume, coarse, 6.0, edge, follow=1.0),
+                       grid.band_limit(volume, (1.0,) * 3, 6.0 * 1.45, edge), atol=1e-5)
+    halfway = np.full(volume.shape, 6.0 * 1.45 ** 2, np.float32)
+    assert local_resolution.FOLLOW == 0.5
+    assert np.allclose(local_resolution.locally_limited(volume, halfway, 6.0, edge),
+                       grid.band_limit(volume, (1.0,) * 3, 6.0 * 1.45, edge), atol=1e-5)
+    uniform = np.full(volume.shape, 6.0, np.float32)
+    assert local_resolution.is_uniform(uniform)
+    assert not local_resolution.is_uniform(np.where(rng.random(volume.shape) > 0.5, 6.0, 9.0))
+    assert np.array_equal(local_resolution.locally_limited(volume, uniform, 6.0, edge), one_band)
 
 
 def test_a_masked_maps_flat_outside_gives_no_local_noise_measure():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cryosamu_cli import grid, mapio, metrics
 from cryosamu_cli.atomic import write_text_atomic
+from cryosamu_cli.enhance import band, local_resolution
 from cryosamu_cli.enhance import pipeline as enhance
 from cryosamu_cli.enhance import predictor
 from cryosamu_cli.errors import ConfigError, CryosamuError
@@ -95,7 +96,8 @@ def _maps_of(pair: Pair, folder: Path, enhancer, sharpen: bool,
     for label, resolution in runs.items():
         target = folder / f"{pair.name}_{label}.mrc"
         made_by = _made_by(pair, resolution, weights=weights_sha256,
-                           precision=enhancer.precision_name)
+                           precision=enhancer.precision_name, band_limit=band.BAND_LIMITS[0],
+                           follow=local_resolution.FOLLOW, band_edge=list(band.BAND_EDGE))
         # the bare map depends on how the resolution is found (code, files beside the map):
         # made afresh every time
         if resolution is None or not _reusable(target, made_by):

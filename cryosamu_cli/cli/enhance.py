@@ -79,11 +79,15 @@ def enhance_cmd(
         "bf16 natively, avx512_bf16 or AMX, else fp32), fp32, bf16 or fp16.")] = "auto",
     half_maps: Annotated[bool, typer.Option(
         "--half-maps", help="With an EMDB ID: also fetch the entry's half maps and enhance "
-        "their average (their FSC gives the resolution, and the local one with "
-        "--local-resolution).")] = False,
-    local_resolution: Annotated[bool, typer.Option(
-        "--local-resolution", help="Limit each region at its own resolution (the half maps' "
-        "local FSC, or the map's local signal over its solvent noise) and write it to "
+        "their average (their FSC gives the resolution, their local FSC the local "
+        "resolution).")] = False,
+    band_limit: Annotated[str, typer.Option(
+        "--band-limit", metavar="local|global", help="local: each region limited at its own "
+        "resolution (the half maps' local FSC, or the map's local signal over its solvent "
+        "noise), followed half-way from the map's resolution; global: one band limit at the "
+        "map's resolution.")] = "local",
+    write_locres: Annotated[bool, typer.Option(
+        "--write-locres", help="Also write the local resolution (Å per voxel) to "
         "<output>_locres.mrc.")] = False,
     tta: Annotated[int, typer.Option(
         "--tta", min=1, max=8, help="Test-time augmentation: average the network over this "
@@ -103,7 +107,7 @@ def enhance_cmd(
 
     map_options = dict(half2_path=half2, mask_path=mask, mask_mode=mask_mode, strength=strength,
                        resolution=resolution, density_scale=density_scale,
-                       local_resolution=local_resolution)
+                       band_limit=band_limit, write_locres=write_locres)
     model_options = dict(weights=weights, device=device, batch_size=batch_size,
                          cube_size=cube_size, core_size=core_size, threads=threads,
                          confidence=confidence, precision=precision, tta=tta)

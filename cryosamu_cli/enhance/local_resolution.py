@@ -12,8 +12,9 @@ good it is. Values
 are kept between ``FINEST_FACTOR`` and ``COARSEST_FACTOR`` times the global resolution. The
 centres' values are spread to every voxel (nearest centre, averaged over a stride).
 
-The band limit then blends, voxel by voxel, copies of the network's 1 Å output limited at a
-ladder of resolutions (:data:`LADDER` times the global one), linearly in the local resolution.
+The band limit then follows the local values half-way (in log resolution, :data:`FOLLOW`)
+and blends, voxel by voxel, copies of the network's 1 Å output limited at a ladder of
+resolutions (:data:`LADDER` times the global one), linearly in the followed resolution.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ STRIDE_A = 8.0  # spacing of the window centres
 FINEST_FACTOR = 0.6  # local resolutions are kept within [0.6 R, 2 R] of the global R
 COARSEST_FACTOR = 2.0
 LADDER = (0.6, 0.75, 0.9, 1.0, 1.2, 1.45, 1.7, 2.0)  # the band limits blended (× global R)
+# How far the band limit follows the local values: R·(local / R)^FOLLOW. Chosen on the 33
+# validation maps of benchmarks/local_resolution_shrink.py (mean CC_mask: 0 (global band) 0.7001,
+# 0.5 0.7025, 1 0.7022; on raw maps of uniform resolution 0.5 loses least to the global band).
+FOLLOW = 0.5
 
 
 def local_resolution(data: np.ndarray, voxel_size_zyx: tuple[float, ...], global_A: float,
@@ -52,27 +57,32 @@ def local_resolution(data: np.ndarray, voxel_size_zyx: tuple[float, ...], global
     finest = max(FINEST_FACTOR * global_A, 2.0 * max(voxel_size_zyx))
     values = np.clip(np.nan_to_num(np.asarray(values, float), nan=COARSEST_FACTOR * global_A),
                      finest, COARSEST_FACTOR * global_A)
-    stride_voxels = max(1, round(STRIDE_A / min(voxel_size_zyx)))
-    return _to_every_voxel(centres, values, data.shape, global_A, stride_voxels)
+    return _to_every_voxel(centres, values, data.shape, global_A, voxel_size_zyx)
 
 
 def _window_centres(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...],
                     molecule: np.ndarray) -> list[tuple[int, int, int]]:
     """Voxel indices of the window centres: a grid ``STRIDE_A`` apart, inside the molecule."""
-    axes = [np.arange(0, n, max(1, round(STRIDE_A / v))) for n, v in zip(shape_zyx, voxel_size_zyx)]
+    axes = [np.arange(0, n, s) for n, s in zip(shape_zyx, _strides(voxel_size_zyx))]
     return [(z, y, x) for z in axes[0] for y in axes[1] for x in axes[2]
             if molecule[z, y, x] > 0.5]
 
 
+def _strides(voxel_size_zyx: tuple[float, ...]) -> tuple[int, ...]:
+    """The window centres' spacing in voxels along z, y, x (about ``STRIDE_A``)."""
+    return tuple(max(1, round(STRIDE_A / v)) for v in voxel_size_zyx)
+
+
 def _window(data: np.ndarray, centre: tuple[int, int, int],
-            voxel_size_zyx: tuple[float, ...]) -> np.ndarray:
-    """The cosine-tapered ``WINDOW_A`` box of ``data`` around ``centre`` (zero beyond the map)."""
+            voxel_size_zyx: tuple[float, ...], offset: float = 0.0) -> np.ndarray:
+    """The cosine-tapered ``WINDOW_A`` box of ``data - offset`` around ``centre`` (zero beyond
+    the map)."""
     half = [max(2, round(WINDOW_A / v / 2)) for v in voxel_size_zyx]
     box = np.zeros([2 * h for h in half], np.float32)
     source = tuple(slice(max(0, c - h), min(n, c + h)) for c, h, n in zip(centre, half, data.shape))
     target = tuple(slice(s.start - (c - h), s.stop - (c - h))
                    for s, c, h in zip(source, centre, half))
-    box[target] = data[source]
+    box[target] = data[source] - np.float32(offset)
     taper = 1.0
     for axis, h in enumerate(half):
         shape = [1, 1, 1]
@@ -95,16 +105,31 @@ def _noise_power(data: np.ndarray, solvent: np.ndarray,
     if solvent.mean() < resolution_estimate.MIN_SOLVENT_FRACTION:
         return None
     values = data[solvent > 0.5]
-    inside = np.argwhere(solvent > 0.99)
-    if values.std() == 0 or len(inside) == 0:
+    deep = solvent > 0.99
+    if values.std() == 0 or not deep.any():
         return None
     # the noise is coloured: its spectrum is measured in windows centred in the solvent (16,
     # drawn with a fixed seed so that a map always gets the same answer)
-    picks = inside[np.random.default_rng(0).choice(len(inside), size=min(16, len(inside)),
-                                                   replace=False)]
-    spectra = [_shell_power(_window(data - values.mean(), tuple(p), voxel_size_zyx),
-                            voxel_size_zyx)[1] for p in picks]
+    picks, mean = _some_voxels(deep, 16, np.random.default_rng(0)), float(values.mean())
+    spectra = [_shell_power(_window(data, p, voxel_size_zyx, offset=mean), voxel_size_zyx)[1]
+               for p in picks]
     return np.mean(spectra, axis=0)
+
+
+def _some_voxels(where: np.ndarray, count: int,
+                 rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    """``count`` voxels of a boolean map drawn without replacement (all of them when fewer):
+    the k-th True voxel in C order for each k drawn, found plane by plane (no list of every
+    True voxel's indices)."""
+    per_plane = np.cumsum(where.reshape(where.shape[0], -1).sum(axis=1))
+    drawn = rng.choice(int(per_plane[-1]), size=min(count, int(per_plane[-1])), replace=False)
+    voxels = []
+    for k in drawn:
+        plane = int(np.searchsorted(per_plane, k, side="right"))
+        before = int(per_plane[plane - 1]) if plane else 0
+        flat = int(np.flatnonzero(where[plane])[k - before])
+        voxels.append((plane, *np.unravel_index(flat, where.shape[1:])))
+    return voxels
 
 
 def _local_snr_crossing(data: np.ndarray, centre: tuple[int, int, int],
@@ -147,32 +172,76 @@ def _scaled_to_global(values: list[float], global_A: float) -> list[float]:
 
 def _to_every_voxel(centres: list[tuple[int, int, int]], values: np.ndarray,
                     shape_zyx: tuple[int, ...], global_A: float,
-                    stride_voxels: int) -> np.ndarray:
-    """Each voxel gets its nearest centre's value, averaged over a stride (the global value
-    without any centre)."""
+                    voxel_size_zyx: tuple[float, ...]) -> np.ndarray:
+    """Each voxel gets its nearest centre's value (centres outside the molecule take their
+    nearest measured neighbour's), averaged over a stride; the global value without any
+    centre. Made on the grid of centres and indexed out, so the full grid holds only the
+    result and its smoothed copy."""
     if len(centres) == 0:
         return np.full(shape_zyx, global_A, np.float32)
-    seeds = np.zeros(shape_zyx, bool)
-    sparse = np.zeros(shape_zyx, np.float32)
-    for (z, y, x), value in zip(centres, values):
-        seeds[z, y, x], sparse[z, y, x] = True, value
-    _, nearest = ndimage.distance_transform_edt(~seeds, return_indices=True)
-    filled = sparse[tuple(nearest)]
-    return ndimage.uniform_filter(filled, size=stride_voxels).astype(np.float32)
+    strides = _strides(voxel_size_zyx)
+    coarse_shape = tuple(-(-n // s) for n, s in zip(shape_zyx, strides))
+    coarse, measured = np.zeros(coarse_shape, np.float32), np.zeros(coarse_shape, bool)
+    for centre, value in zip(centres, values):
+        node = tuple(c // s for c, s in zip(centre, strides))
+        coarse[node], measured[node] = value, True
+    _, nearest = ndimage.distance_transform_edt(~measured, sampling=strides, return_indices=True)
+    coarse = coarse[tuple(nearest)]
+    node_of_voxel = [np.minimum(np.rint(np.arange(n) / s).astype(np.intp), m - 1)
+                     for n, s, m in zip(shape_zyx, strides, coarse_shape)]
+    filled = coarse[np.ix_(*node_of_voxel)]
+    return ndimage.uniform_filter(filled, size=max(1, round(STRIDE_A / min(voxel_size_zyx))))
+
+
+def is_uniform(local_A: np.ndarray) -> bool:
+    """Whether a local resolution map holds one value (no local measure: a masked map without
+    solvent noise, or no window inside the molecule)."""
+    return bool(local_A.size == 0 or np.ptp(local_A) == 0)
 
 
 def locally_limited(volume_1A: np.ndarray, local_A_1A: np.ndarray, global_A: float,
-                    edge: tuple[float, float]) -> np.ndarray:
-    """The network's 1 Å output with each voxel limited at its local resolution: a blend of
-    copies limited at :data:`LADDER` times ``global_A``, linear in the local resolution
-    (``local_A_1A`` on the same 1 Å grid)."""
+                    edge: tuple[float, float], follow: float = FOLLOW) -> np.ndarray:
+    """The network's 1 Å output with each voxel limited at its local resolution followed
+    ``follow`` of the way from ``global_A`` (``R·(local / R)^follow``; 0: the global band, 1:
+    the local values themselves): a blend of copies limited at :data:`LADDER` times
+    ``global_A``, linear in the followed resolution (``local_A_1A`` on the same 1 Å grid).
+
+    Memory: the volume's half spectrum is taken once and each rung is weighted into one
+    reused buffer; the blend weights are made a z-plane at a time. Besides the volume and the
+    local values, the spectrum, the buffer, one limited copy, the ladder positions and the
+    result: 20 bytes per voxel.
+    """
     steps = [factor * global_A for factor in LADDER]
-    position = np.interp(local_A_1A, steps, np.arange(len(steps)))
-    out = np.zeros_like(volume_1A)
-    for index, resolution in enumerate(steps):
-        weight = np.clip(1.0 - np.abs(position - index), 0.0, 1.0)
-        if weight.any():
-            limited = grid_ops.band_limit(volume_1A, (grid_ops.NETWORK_VOXEL_SIZE_A,) * 3,
-                                          resolution, edge)
-            out += weight * limited
+    position = _ladder_position(local_A_1A, global_A, follow, steps)
+    spectrum = grid_ops.half_spectrum(volume_1A)
+    buffer = np.empty_like(spectrum)
+    out = np.zeros(volume_1A.shape, np.float32)
+    for index in _rungs_used(position, len(steps)):
+        limited = grid_ops.band_limited_spectrum(spectrum, volume_1A.shape,
+                                                 (grid_ops.NETWORK_VOXEL_SIZE_A,) * 3,
+                                                 steps[index], edge, buffer=buffer)
+        for plane in range(out.shape[0]):
+            weight = np.clip(1.0 - np.abs(position[plane] - np.float32(index)), 0.0, 1.0)
+            out[plane] += weight * limited[plane]
     return out
+
+
+def _ladder_position(local_A_1A: np.ndarray, global_A: float, follow: float,
+                     steps: list[float]) -> np.ndarray:
+    """Each voxel's place on the ladder (fractional rung index) for its followed resolution,
+    computed a z-plane at a time (no double-precision copy of the whole grid)."""
+    rungs = np.arange(len(steps), dtype=np.float64)
+    position = np.empty(local_A_1A.shape, np.float32)
+    for plane in range(local_A_1A.shape[0]):
+        followed = global_A * (local_A_1A[plane].astype(np.float64) / global_A) ** follow
+        position[plane] = np.interp(followed, steps, rungs)
+    return position
+
+
+def _rungs_used(position: np.ndarray, rungs: int) -> list[int]:
+    """The rungs some voxel gives weight to (the two either side of its position)."""
+    used = np.zeros(rungs, bool)
+    for plane in position:
+        used[np.unique(np.floor(plane).astype(np.intp))] = True
+        used[np.unique(np.ceil(plane).astype(np.intp))] = True
+    return [int(i) for i in np.flatnonzero(used)]

@@ -29,8 +29,8 @@ from scipy import ndimage
 
 from cryosamu_cli import grid as grid_ops
 from cryosamu_cli import mapio, metrics
-from cryosamu_cli.enhance import local_resolution as local_resolution_ops
-from cryosamu_cli.enhance import memory
+from cryosamu_cli.enhance import band, memory
+from cryosamu_cli.enhance.band import BAND_EDGE, BAND_LIMITS
 from cryosamu_cli.enhance import tiling
 from cryosamu_cli.enhance import resolution as resolution_ops
 from cryosamu_cli.atomic import write_text_atomic
@@ -44,11 +44,6 @@ if TYPE_CHECKING:  # torch is imported only once the input has passed its checks
 MASK_MODES = ("enhance-inside", "keep-inside")
 MASK_EDGE_VOXELS = 3.0
 DENSITY_SCALES = ("input", "normalised")
-# The band limit's edge, as (pass, stop) multiples of 1/R (grid.low_pass_weights): a raised
-# cosine from 0.9/R to 1.1/R (weight 0.5 at R), chosen for the shipped model on degraded real
-# validation maps with benchmarks/band_limit.py (docs/MODEL_CARD.md): best mean CC_box/CC_mask
-# of the edges tried, and a soft edge rings less than a hard truncation.
-BAND_EDGE = (0.9, 1.1)
 
 
 @dataclass(frozen=True)
@@ -99,7 +94,8 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                 mask_path: str | os.PathLike | None = None, mask_mode: str = "keep-inside",
                 strength: float = 1.0, confidence: int = 0,
                 skip_threshold: float = DEFAULT_SKIP_THRESHOLD, precision: str = "auto",
-                tta: int = 1, local_resolution: bool = False, resolution: str | float | resolution_ops.ResolutionRequest | None = None,
+                tta: int = 1, band_limit: str = BAND_LIMITS[0], write_locres: bool = False,
+                resolution: str | float | resolution_ops.ResolutionRequest | None = None,
                 density_scale: str = DENSITY_SCALES[0],
                 band_edge: tuple[float, float] = BAND_EDGE,
                 progress: tiling.ProgressCallback | None = None,
@@ -131,10 +127,11 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
             (:func:`cryosamu_cli.device.resolve_precision`).
         tta: Test-time augmentation: the mean over this many axis flips of each cube (1–8;
             :data:`cryosamu_cli.enhance.predictor.TTA_FLIPS`).
-        local_resolution: Limit each region at its own resolution (local FSC of the half
-            maps, or the local signal over the solvent's noise;
-            :mod:`cryosamu_cli.enhance.local_resolution`) and write it to
-            ``<output>_locres.mrc``.
+        band_limit: ``local``: each region limited at its own resolution (local FSC of the
+            half maps, or the local signal over the solvent's noise, followed half-way from
+            the map's resolution; :mod:`cryosamu_cli.enhance.local_resolution`), or
+            ``global``: one band limit at the map's resolution.
+        write_locres: Also write the local resolution to ``<output>_locres.mrc``.
         resolution: The map's resolution in Å (the output is limited to it), ``none`` (the
             network's full band), a CSV of path,resolution, or None: the half-map FSC = 0.143
             resolution with ``half2_path``, else an EMDB header beside the map, else an
@@ -151,16 +148,20 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
         CryosamuError: Any problem with the input, output, weights, device or options.
     """
     started, clock = time.perf_counter(), StageClock()
-    check_map_options(strength=strength, mask_mode=mask_mode, density_scale=density_scale)
+    check_map_options(strength=strength, mask_mode=mask_mode, density_scale=density_scale,
+                      band_limit=band_limit)
     request = resolution_ops.parse_resolution(resolution)
     outputs = _planned_outputs(Path(output_path), half2_path is not None, confidence > 0, force,
-                               local_resolution)
-    data, grid, fsc_curve, halves = _read_input(input_path, half2_path, local_resolution)
-    memory.check_enhance_fits(grid.shape_zyx, grid.voxel_size_zyx)
+                               write_locres)
+    wants_local = band_limit == "local" or write_locres
+    data, grid, fsc_curve, halves = _read_input(input_path, half2_path, wants_local)
+    memory.check_enhance_fits(grid.shape_zyx, grid.voxel_size_zyx,
+                              local_band=band_limit == "local")
     half_map_resolution = fsc_curve.resolution_at(metrics.FSC_THRESHOLD) if fsc_curve else None
     limit = resolution_ops.choose_resolution(request, input_path, half_map_resolution,
                                              grid.voxel_size_zyx, data)
-    local_A = _local_resolution(data, grid, limit, halves) if local_resolution else None
+    local_A = band.local_resolution_of(data, grid, limit, halves) if wants_local else None
+    limit = band.with_band(limit, band_limit, local_A)
     del halves
     mask = _read_mask(mask_path, grid)
     clock.lap("read")
@@ -179,7 +180,7 @@ def enhance_map(*, input_path: str | os.PathLike, output_path: str | os.PathLike
                                               progress=progress, on_estimate=on_estimate)
     del normalised_1A  # the 1 Å arrays that are done with go before the next ones are made
     clock.lap("tiles")
-    enhanced_1A = _limit_band(enhanced_1A, limit, band_edge, local_A, grid)
+    enhanced_1A = band.limited(enhanced_1A, limit, band_edge, local_A, grid)
     enhanced = _back_to_grid(enhanced_1A, grid)
     enhanced, reference = _on_density_scale(enhanced, data, norm, density_scale)
     enhanced = _blend_with_input(enhanced, reference, strength, mask, mask_mode)
@@ -207,35 +208,6 @@ def _normalised_on_1A(data: np.ndarray,
     return grid_ops.normalise(on_1A, norm), norm
 
 
-def _limit_band(volume_1A: np.ndarray, limit: resolution_ops.ResolutionChoice,
-                edge: tuple[float, float], local_A: np.ndarray | None = None,
-                grid: mapio.GridInfo | None = None) -> np.ndarray:
-    """The network's 1 Å output low-passed at the chosen resolution (unchanged without one),
-    or, with ``local_A`` (on the input's grid), at each region's own resolution: done before
-    resampling back, so nothing beyond it can alias onto the input's grid."""
-    if limit.resolution_A is None:
-        return volume_1A
-    if local_A is not None:
-        local_1A = grid_ops.resample_to_spacing(local_A, grid.voxel_size_zyx)
-        return local_resolution_ops.locally_limited(volume_1A, local_1A, limit.resolution_A,
-                                                    edge)
-    return grid_ops.band_limit(volume_1A, (grid_ops.NETWORK_VOXEL_SIZE_A,) * 3,
-                               limit.resolution_A, edge)
-
-
-def _local_resolution(data: np.ndarray, grid: mapio.GridInfo,
-                      limit: resolution_ops.ResolutionChoice,
-                      halves: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray | None:
-    """The local resolution on the input's grid: the half maps' local FSC when there are
-    half maps, else from the map itself (None without a global resolution to start from)."""
-    if limit.resolution_A is None:
-        return None
-    if halves is not None:
-        return local_resolution_ops.local_resolution(halves[0], grid.voxel_size_zyx,
-                                                     limit.resolution_A, halves[1])
-    return local_resolution_ops.local_resolution(data, grid.voxel_size_zyx, limit.resolution_A)
-
-
 def _split_tiles(seconds: dict[str, float], stats: tiling.TilingStats) -> dict[str, float]:
     """Replace the ``tiles`` stage by its network and stitch parts."""
     stages = {k: v for k, v in seconds.items() if k != "tiles"}
@@ -245,9 +217,10 @@ def _split_tiles(seconds: dict[str, float], stats: tiling.TilingStats) -> dict[s
 
 
 def check_map_options(*, strength: float = 1.0, mask_mode: str = "keep-inside",
-                      density_scale: str = DENSITY_SCALES[0], **_unused: object) -> None:
-    """Refuse out-of-range strength, unknown mask modes (with or without a mask) and unknown
-    density scales, before any work.
+                      density_scale: str = DENSITY_SCALES[0], band_limit: str = BAND_LIMITS[0],
+                      **_unused: object) -> None:
+    """Refuse out-of-range strength, unknown mask modes (with or without a mask), unknown
+    density scales and unknown band limits, before any work.
 
     Raises:
         ConfigError: Names the option and what it takes.
@@ -257,6 +230,8 @@ def check_map_options(*, strength: float = 1.0, mask_mode: str = "keep-inside",
     if mask_mode not in MASK_MODES:
         raise ConfigError(f"unknown mask mode '{mask_mode}': use {' or '.join(MASK_MODES)}")
     _check_density_scale(density_scale)
+    if band_limit not in BAND_LIMITS:
+        raise ConfigError(f"unknown band limit '{band_limit}': use {' or '.join(BAND_LIMITS)}")
 
 
 def companion_path(output_path: Path, suffix: str) -> Path:

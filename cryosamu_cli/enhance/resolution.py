@@ -36,12 +36,14 @@ FINEST_RESOLUTION_A = 2.0
 @dataclass(frozen=True)
 class ResolutionChoice:
     """The resolution the output is limited to (None: the full band), its source, a note on
-    it, and a warning when the map lies outside what the model was trained for."""
+    it, a warning when the map lies outside what the model was trained for, and how the band
+    limit was applied (``global``: one band; ``local``: each region at its own resolution)."""
 
     resolution_A: float | None
     source: str
     note: str = ""
     warning: str = ""
+    band: str = "global"
 
     def summary(self) -> str:
         """Words for the summary line (with the note, e.g. a low-confidence estimate's)."""
@@ -56,7 +58,8 @@ class ResolutionChoice:
                     "post-processing edge, no signal above the solvent's noise); give it with "
                     "--resolution R")
         note = f"; {self.note}" if self.note else ""
-        return f"limited to {self.resolution_A:.2f} Å ({self.source}){note}"
+        local = ", each region at its own resolution" if self.band == "local" else ""
+        return f"limited to {self.resolution_A:.2f} Å ({self.source}){local}{note}"
 
     def label(self) -> str:
         """Words for the header label (ASCII, short: a label holds 80 characters)."""
@@ -65,13 +68,15 @@ class ResolutionChoice:
         source = ("EMDB header" if self.source.startswith("EMDB header")
                   else "estimated" if self.source == ESTIMATED
                   else "not estimable" if self.source == NOT_ESTIMABLE else self.source)
-        return f"res {self.resolution_A:.2f} A ({source})"
+        local = ", local" if self.band == "local" else ""
+        return f"res {self.resolution_A:.2f} A ({source}){local}"
 
     def to_dict(self) -> dict:
         """For JSON reports."""
         return {"resolution_A": self.resolution_A, "resolution_source": self.source,
                 "resolution_note": self.note or None,
-                "resolution_warning": self.warning or None}
+                "resolution_warning": self.warning or None,
+                "band_limit": None if self.resolution_A is None else self.band}
 
 
 @dataclass(frozen=True)

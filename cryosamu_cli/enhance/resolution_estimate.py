@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from cryosamu_cli.data.map_statistics import background_mask
 from cryosamu_cli.errors import ResolutionUnknownError
+from cryosamu_cli import grid as grid_ops
 from cryosamu_cli.grid import shell_index
 from cryosamu_cli.metrics import SNR_AT_FSC_THRESHOLD
 
@@ -249,18 +250,50 @@ def _measured_crossing_A(frequency: np.ndarray, snr: np.ndarray) -> float:
     return 1.0 / max(crossing, 1e-6)
 
 
+MASK_REACH_A = 9.0  # beyond this distance from the core both masks are constant
+
+
 def molecule_and_solvent(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
                          threshold_sd: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
     """Soft masks of the molecule (the map smoothed over 3 Å above its mean +
     ``threshold_sd`` s.d., grown by 3 Å) and of the solvent (further than 6 Å from the
     molecule), 0–1."""
     sigma = [3.0 / v for v in voxel_size_zyx]
-    smoothed = ndimage.gaussian_filter(data.astype(np.float32), sigma)
-    core = smoothed > smoothed.mean() + threshold_sd * smoothed.std()
-    distance = ndimage.distance_transform_edt(~core, sampling=voxel_size_zyx)
-    molecule = np.clip((6.0 - distance) / 3.0, 0.0, 1.0)  # 1 within 3 Å, 0 beyond 6 Å
-    solvent = np.clip((distance - 6.0) / 3.0, 0.0, 1.0)  # 0 within 6 Å, 1 beyond 9 Å
-    return molecule.astype(np.float32), solvent.astype(np.float32)
+    smoothed = ndimage.gaussian_filter(data.astype(np.float32, copy=False), sigma)
+    mean, sd = _mean_and_sd(smoothed)
+    core = smoothed > mean + threshold_sd * sd
+    del smoothed
+    molecule = np.zeros(data.shape, np.float32)
+    solvent = np.ones(data.shape, np.float32)
+    for (start, stop), (low, high) in _slabs_with_margin(data.shape, voxel_size_zyx[0]):
+        if core[low:high].any():
+            distance = ndimage.distance_transform_edt(~core[low:high], sampling=voxel_size_zyx)
+            distance = distance[start - low:stop - low]
+            # molecule: 1 within 3 Å, 0 beyond 6 Å; solvent: 0 within 6 Å, 1 beyond 9 Å
+            molecule[start:stop] = np.clip((6.0 - distance) / 3.0, 0.0, 1.0)
+            solvent[start:stop] = np.clip((distance - 6.0) / 3.0, 0.0, 1.0)
+    return molecule, solvent
+
+
+def _mean_and_sd(volume: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of a volume, summed a z-plane at a time in double
+    precision (no full-size temporary)."""
+    total = sum(float(plane.sum(dtype=np.float64)) for plane in volume)
+    mean = total / volume.size
+    squares = sum(float(np.square(plane - mean, dtype=np.float64).sum()) for plane in volume)
+    return mean, float(np.sqrt(squares / volume.size))
+
+
+def _slabs_with_margin(shape_zyx: tuple[int, ...], voxel_z_A: float):
+    """``((start, stop), (low, high))`` z-slabs of about ``grid.RESAMPLE_BLOCK_VOXELS`` voxels
+    and the same slabs grown by :data:`MASK_REACH_A`: a voxel's distance to the core, where it
+    is within that reach, is found inside its grown slab, so the distance transform (whose
+    working arrays take some 60 bytes a voxel) runs a slab at a time."""
+    planes = max(1, grid_ops.RESAMPLE_BLOCK_VOXELS // max(1, shape_zyx[1] * shape_zyx[2]))
+    margin = int(np.ceil(MASK_REACH_A / voxel_z_A)) + 1
+    for start in range(0, shape_zyx[0], planes):
+        stop = min(shape_zyx[0], start + planes)
+        yield (start, stop), (max(0, start - margin), min(shape_zyx[0], stop + margin))
 
 
 def _power_per_voxel(data: np.ndarray, weight: np.ndarray,

@@ -140,10 +140,12 @@ def validation_maps_from_csv(pairs_csv: str, split: str = "val") -> list[Validat
 def enhanced_like_enhance(predict, vmap: ValidationMap, cube_size: int = tiling.CUBE_SIZE,
                           core_size: int = tiling.CORE_SIZE, batch_size: int = 2) -> np.ndarray:
     """A validation map through ``predict`` (a :class:`cryosamu_cli.enhance.predictor.NetworkPredictor`)
-    exactly as ``cryosamu enhance --resolution R`` does: 1 Å grid, normalisation, tiles, the
-    band limit at the map's resolution, back onto the map's grid."""
+    exactly as ``cryosamu enhance --resolution R --band-limit global`` does: 1 Å grid,
+    normalisation, tiles, one band limit at the map's resolution, back onto the map's grid.
+    One global band, not ``enhance``'s default local one: checkpoints are compared on what
+    the network does, and the scores stay comparable with every run's before the local band."""
     from cryosamu_cli import grid
-    from cryosamu_cli.enhance.pipeline import BAND_EDGE
+    from cryosamu_cli.enhance.band import BAND_EDGE
 
     on_1A = grid.resample_to_spacing(vmap.data, vmap.grid.voxel_size_zyx)
     normalised = grid.normalise(on_1A, grid.normalisation_of(on_1A))
