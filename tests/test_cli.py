@@ -100,6 +100,8 @@ def _bad_inputs(tmp_path, good_map, checkpoint):
          "not found"),
         ("unknown device", [str(good_map), "-o", out, *w, "--device", "quantum"],
          "unknown device"),
+        ("unknown band limit", [str(good_map), "-o", out, *w, "--band-limit", "sideways"],
+         "unknown band limit 'sideways': use local or global"),
     ]
 
 

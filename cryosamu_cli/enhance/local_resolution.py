@@ -216,7 +216,7 @@ def locally_limited(volume_1A: np.ndarray, local_A_1A: np.ndarray, global_A: flo
     spectrum = grid_ops.half_spectrum(volume_1A)
     buffer = np.empty_like(spectrum)
     out = np.zeros(volume_1A.shape, np.float32)
-    for index in _rungs_used(position, len(steps)):
+    for index in _rungs_used(position):
         limited = grid_ops.band_limited_spectrum(spectrum, volume_1A.shape,
                                                  (grid_ops.NETWORK_VOXEL_SIZE_A,) * 3,
                                                  steps[index], edge, buffer=buffer)
@@ -238,10 +238,7 @@ def _ladder_position(local_A_1A: np.ndarray, global_A: float, follow: float,
     return position
 
 
-def _rungs_used(position: np.ndarray, rungs: int) -> list[int]:
-    """The rungs some voxel gives weight to (the two either side of its position)."""
-    used = np.zeros(rungs, bool)
-    for plane in position:
-        used[np.unique(np.floor(plane).astype(np.intp))] = True
-        used[np.unique(np.ceil(plane).astype(np.intp))] = True
-    return [int(i) for i in np.flatnonzero(used)]
+def _rungs_used(position: np.ndarray) -> range:
+    """The rungs from the lowest to the highest position (a voxel weights the two either side
+    of its own; a rung between that no voxel touches only adds zeros)."""
+    return range(int(np.floor(position.min())), int(np.ceil(position.max())) + 1)

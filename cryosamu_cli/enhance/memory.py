@@ -78,9 +78,10 @@ def check_enhance_fits(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, 
                    "or finer")
     else:
         way_out = "crop the map to the region of interest, or run on a machine with more memory"
-        if local_band and enhance_bytes(shape_zyx, voxel_size_zyx) <= available:
-            way_out = ("give --band-limit global (one band limit: about "
-                       f"{enhance_bytes(shape_zyx, voxel_size_zyx) / GIB:.1f} GiB), " + way_out)
+        one_band = enhance_bytes(shape_zyx, voxel_size_zyx)
+        if local_band and one_band <= available:
+            way_out = (f"give --band-limit global (one band limit: about {one_band / GIB:.1f} "
+                       "GiB), " + way_out)
     raise ResourceError(f"the map's {NETWORK_VOXEL_SIZE_A:g} Å grid is {grid_1A} voxels: "
                         f"enhancing it needs about {needed / GIB:.1f} GiB, "
                         f"{available / GIB:.1f} GiB are available; {way_out}")
