@@ -1,4 +1,4 @@
-"""``cryosamu weights list | download | verify | add``."""
+"""``cryosamu weights list | download | verify | add | mix``."""
 
 from __future__ import annotations
 
@@ -102,3 +102,24 @@ def add_cmd(
                                              description=description, url=url,
                                              make_default=default, folder=folder)
     results.print(f"{entry.name}: {entry.file}, {entry.size} bytes, sha256 {entry.sha256}")
+
+
+@app.command("mix", epilog=epilog("cryosamu weights mix weights/cryosamu-light-v2.pt "
+                                  "runs/v3/best-ema.pt --share 0.5 --share 0.5 -o mixed.pt"))
+def mix_cmd(
+    checkpoints: Annotated[list[Path], typer.Argument(dir_okay=False, help="Checkpoints of "
+                                                      "one network (e.g. a run's last few, "
+                                                      "or a fine-tuned one and its start).")],
+    output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False,
+                                         help="Where the mixed checkpoint is written.")],
+    share: Annotated[Optional[list[float]], typer.Option(
+        help="Share of each checkpoint, in order, summing to 1 (default: equal).")] = None,
+) -> None:
+    """Mix checkpoints in weight space: a weighted mean of their weights (maintainers)."""
+    from cryosamu_cli.training import weight_mixing
+
+    shares = share or [1.0 / len(checkpoints)] * len(checkpoints)
+    with user_errors():
+        path = weight_mixing.save_mixed_checkpoint(checkpoints=checkpoints, shares=shares,
+                                                   output=output)
+    results.print(f"{path}: " + ", ".join(f"{s:g} × {c}" for c, s in zip(checkpoints, shares)))
