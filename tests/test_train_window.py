@@ -46,6 +46,28 @@ def test_budget_cosine_checkpoints_and_end():
     assert spent == (False,) * 6 + (True,)
 
 
+def test_a_validation_longer_than_the_interval_does_not_make_the_next_checkpoint_due(
+        monkeypatch):
+    """A 15 s interval and a checkpoint whose validation ends at 31 s: the next checkpoint is
+    due 15 s of training later (46 s), not at the next step (32 s)."""
+    from cryosamu_cli.training import time_budget
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(time_budget.time, "perf_counter", lambda: clock["now"])
+    budget = TimeBudget(minutes=1.0, checkpoint_minutes=0.25)
+    budget.start()
+    due = []
+    for seconds, validation_ends in ((10.0, None), (15.0, 31.0), (32.0, None), (45.0, None),
+                                     (46.0, 47.0), (55.0, None), (62.0, 63.0)):
+        clock["now"] = seconds
+        budget.tick()
+        due.append(budget.checkpoint_due())
+        if due[-1]:
+            clock["now"] = validation_ends
+            budget.checkpoint_taken()
+    assert due == [False, True, False, False, True, False, True]
+
+
 def _warm_step_seconds(data_dir, tiny_config) -> float:  # noqa: F811
     """Seconds of one training step of the tiny network on this machine now (after one)."""
     torch.manual_seed(0)

@@ -335,6 +335,7 @@ class _Run:
             progress.step += 1
             if budget is not None and budget.checkpoint_due():
                 self._validate_and_save(progress)
+                budget.checkpoint_taken()
         return True
 
     def _validate_and_save(self, progress: Progress) -> None:

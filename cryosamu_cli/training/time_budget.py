@@ -67,6 +67,12 @@ class TimeBudget:
             self._next_checkpoint += self.checkpoint_seconds
         return True
 
+    def checkpoint_taken(self) -> None:
+        """Start the next checkpoint interval now, once a checkpoint (its validation included)
+        is done: a validation that takes longer than the interval would otherwise make the
+        next checkpoint due after a single step, and the run would validate instead of train."""
+        self._next_checkpoint = self.tick() + self.checkpoint_seconds
+
     def scheduler(self, optimiser: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         """A scheduler whose ``step()`` sets the learning rate from the budget's clock."""
         import torch
