@@ -1,14 +1,16 @@
 """Checkpoints side by side on the validation maps: what chooses whether a model ships.
 
-The ``val`` pairs of a split CSV (never ``eval`` pairs), degraded in the three kinds of
+The ``val`` pairs of a split CSV (never ``eval`` pairs), degraded in the four kinds of
 :mod:`cryosamu_cli.training.validation` (post-processed, raw, deposited-like: resolution falling
-to the rim, low-passed and masked) at 4.5–8 Å; each map enhanced by each checkpoint exactly as
+to the rim, low-passed and masked; weak-rim: density fading to half at the rim, raw) at
+4.5–8 Å; each map enhanced by each checkpoint exactly as
 ``enhance --resolution R`` does, and scored against its model map: CC_box, CC_mask, CC_volume,
 CC_peaks (phenix.map_model_cc definitions) and the map–model FSC = 0.5 resolution. The degraded
-map and that map low-passed at R are scored beside them. Means per kind and over all maps.
+map and that map low-passed at R are scored beside them. Means per kind, over the first three
+kinds (the 15 maps that chose checkpoints until weak-rim was added) and over all maps.
 
     python benchmarks/compare_weights.py training/pairs-v2.csv \\
-        --weights weights/cryosamu-light-v2.pt --weights runs/v3/best.pt    # ~10 min, 2 cores
+        --weights weights/cryosamu-light-v2.pt --weights runs/v3/best.pt    # ~12 min, 2 cores
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from cryosamu_cli.enhance import predictor
 from cryosamu_cli.training import validation
 
 DEGRADATIONS = ((4.5, "post-processed"), (6.0, "raw"), (8.0, "post-processed"),
-                (5.0, "deposited-like"), (6.5, "deposited-like"))
+                (5.0, "deposited-like"), (6.5, "deposited-like"), (6.5, "weak-rim"))
+EARLIER_KINDS = ("post-processed", "raw", "deposited-like")  # the 15 maps of earlier notes
 METRICS = ("cc_box", "cc_mask", "cc_volume", "cc_peaks", "fsc05")
 
 
@@ -45,11 +48,14 @@ def main() -> None:
             candidates[weights] = validation.enhanced_like_enhance(predict, vmap)
         for label, data in candidates.items():
             scores = vmap.scores(data, with_fsc=True)
-            rows[label][validation.kind_of(vmap.name)].append(scores)
+            kind = validation.kind_of(vmap.name)
+            rows[label][kind].append(scores)
+            if kind in EARLIER_KINDS:
+                rows[label]["first three kinds"].append(scores)
             rows[label]["all"].append(scores)
             print(f"  {vmap.name:24s} {label:40s} " + "  ".join(
                 f"{m} {scores[m]:.3f}" for m in METRICS), flush=True)
-    for kind in ("post-processed", "raw", "deposited-like", "all"):
+    for kind in validation.VALIDATION_KINDS + ("first three kinds", "all"):
         print(f"\n{kind}:\n| map | maps | " + " | ".join(METRICS) + " |\n|---|---|"
               + "---|" * len(METRICS))
         for label, by_kind in rows.items():

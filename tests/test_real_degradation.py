@@ -150,6 +150,33 @@ def test_validation_maps_score_the_model_map_as_perfect_and_refuse_eval_pairs(sm
         validation.validation_maps_from_csv(str(small_pair_csv), split="train")
 
 
+def test_a_faded_rim_keeps_the_centre_and_halves_the_rim_above_the_solvent(shared_data):
+    data, info = mapio.read_map(shared_data / "pairs/emd-2566/2566_3J6B_9.mrc")
+    voxel = info.voxel_size_zyx
+    rim = degrade.box_rim_weight(data.shape, voxel)
+    assert rim.min() < 0.05 and rim.max() == 1.0 and rim[0, 0, 0] == 1.0  # centre to corner
+    assert rim[tuple(n // 2 for n in data.shape)] == rim.min()
+    faded = degrade.faded_rim_map(data, voxel, 0.5)
+    solvent = float(np.median(data[rim >= 1.0]))
+    # above the solvent: the same at the centre, half at the rim, in between on the way
+    assert np.allclose(faded - solvent, (data - solvent) * (1 - 0.5 * rim), atol=1e-4)
+    outer = rim >= 1.0
+    assert np.allclose(faded[outer] - solvent, 0.5 * (data[outer] - solvent), atol=1e-4)
+    assert np.array_equal(degrade.faded_rim_map(data, voxel, 1.0), data.astype(np.float32))
+
+
+def test_weak_rim_validation_maps_are_raw_at_r_and_scored_against_the_whole_model(
+        small_pair_csv):
+    (pair,) = read_pairs(small_pair_csv)
+    (whole, weak) = validation.validation_maps([pair], [(6.5, "raw"), (6.5, "weak-rim")])
+    assert weak.name == "mito@6.5A-weak-rim" and validation.kind_of(weak.name) == "weak-rim"
+    assert weak.degradation.rim_strength == validation.WEAK_RIM_STRENGTH
+    assert not weak.degradation.low_pass and whole.degradation.rim_strength == 1.0
+    assert np.array_equal(weak.model_map, whole.model_map)  # the same whole-model target
+    # the faded periphery costs score against the whole model
+    assert weak.scores(weak.data)["cc_mask"] < whole.scores(whole.data)["cc_mask"]
+
+
 def test_training_fine_tunes_and_chooses_best_by_the_real_maps(data_dir, tiny_config,  # noqa: F811
                                                                 small_pair_csv, tmp_path):
     from cryosamu_cli.model.unet import UNet3D
@@ -164,8 +191,9 @@ def test_training_fine_tunes_and_chooses_best_by_the_real_maps(data_dir, tiny_co
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all({"real_cc_box", "real_cc_mask", "real_cc"} <= set(r) for r in records)
     # learning rate 0: the weights are the starting checkpoint's, the scores repeat
+    last = load_model(run / "last.pt").state_dict()
     for name, tensor in load_model(start).state_dict().items():
-        assert torch.equal(tensor, load_model(run / "last.pt").state_dict()[name]), name
+        assert torch.equal(tensor, last[name]), name
     assert records[0]["real_cc"] == pytest.approx(records[1]["real_cc"], abs=1e-6)
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["epoch"] == 1 and best["real_cc"] == pytest.approx(records[0]["real_cc"])

@@ -3,6 +3,8 @@ that compare them with real maps (:mod:`cryosamu_cli.data.map_statistics`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -110,13 +112,38 @@ def test_anisotropic_blur_blurs_along_its_direction_only():
     assert blurred.sum() == pytest.approx(1.0, rel=1e-4)
 
 
-def test_periphery_b_grows_with_the_squared_distance_from_the_centre():
+def test_rim_distance_grows_with_the_squared_distance_from_the_centre():
     xyz = np.array([[0.0, 0, 0], [1, 0, 0], [-2, 0, 0], [0, 0, 0]])
     centre_offset = xyz - xyz.mean(0)
-    b = degrade._periphery_b(xyz, 100.0)
-    expected = 100 * (centre_offset ** 2).sum(1) / (centre_offset ** 2).sum(1).max()
-    assert b == pytest.approx(expected)
-    assert b.max() == pytest.approx(100.0)
+    rim = degrade._squared_rim_distance(xyz)
+    expected = (centre_offset ** 2).sum(1) / (centre_offset ** 2).sum(1).max()
+    assert rim == pytest.approx(expected)
+    assert rim.max() == pytest.approx(1.0)
+
+
+def test_rim_occupancy_fades_the_maps_rim_and_keeps_the_target_whole(lysozyme, monkeypatch):
+    atoms, _ = lysozyme
+    seed = _draw_with(0, mask_radius_A=False, sharpen_fraction=False, b_anisotropic=False)
+    whole = replace(degrade.draw(np.random.default_rng(seed), "realistic"), rim_occupancy=1.0)
+    faded = replace(whole, rim_occupancy=0.3)
+
+    def signal_and_target(drawn):
+        # the same random draw but for the occupancy: every later random number is the same
+        monkeypatch.setattr(degrade, "draw", lambda _rng, _kind: drawn)
+        return degrade.simulated_pair(atoms, None, np.random.default_rng(seed), None,
+                                      "realistic")
+
+    whole_map, whole_target, info, _ = signal_and_target(whole)
+    faded_map, faded_target, _, _ = signal_and_target(faded)
+    assert np.array_equal(whole_target, faded_target)  # the target keeps every atom whole
+    # at the atoms nearest the centre the two maps agree; at the rim the faded one is weaker
+    rim = degrade._squared_rim_distance(atoms.xyz)
+    index = np.round((atoms.xyz - np.asarray(info.origin_A))[:, ::-1]).astype(int)
+    at_atoms = lambda volume, chosen: volume[tuple(index[chosen].T)].mean()
+    centre, outer = rim < 0.05, rim > 0.8
+    assert at_atoms(faded_map, centre) == pytest.approx(at_atoms(whole_map, centre), rel=0.15)
+    ratio = at_atoms(faded_map, outer) / at_atoms(whole_map, outer)
+    assert 0.3 < ratio < 0.6
 
 
 def test_degraded_real_map_keeps_the_mask_of_a_masked_map(shared_data):

@@ -24,7 +24,10 @@ are sharpened, low-passed, mostly masked, and their resolution varies across the
 and with direction):
 
 6. local resolution: atoms further from the model's centre are blurred more, by up to
-   ``b_periphery`` (0–150 Å²) at the rim, growing with the squared distance;
+   ``b_periphery`` (0–150 Å²) at the rim, growing with the squared distance; in half of the
+   maps the density also fades towards the rim, to ``rim_occupancy`` (0.3–1) of its strength
+   at the furthest atom (partial occupancy: subunits or domains present in only part of the
+   particles), while the target keeps every atom at full strength;
 7. anisotropy (half of the maps): an extra B of 0–150 Å² along one random direction, as a
    preferred orientation leaves;
 8. post-processing: 70 % of the maps sharpened by 50–100 % of their fitted B and low-passed
@@ -83,6 +86,7 @@ class Degradation:
     low_pass: bool = False
     mask_radius_A: float = 0.0
     snr_b: float = 0.0  # the noise of step 5, realistic: the B (Å²) of the SNR's rise
+    rim_occupancy: float = 1.0  # step 6: the density's strength at the furthest atom
 
     def to_dict(self) -> dict:
         return {k: ([round(x, 4) for x in v] if isinstance(v, tuple)
@@ -102,6 +106,7 @@ SNR_AT_RESOLUTION = SNR_AT_FSC_THRESHOLD  # the SNR a degraded map has in its re
 # from 1/R to 1/(1.5 R) a half-map FSC then rises from 0.143 to 0.6-0.97, as real curves do
 SNR_RISE_RANGE = (4.0, 12.0)
 MAX_SNR = 1000.0  # ... up to this (a half-map FSC of 0.998), so no shell is noise-free
+RIM_OCCUPANCY_RANGE = (0.3, 1.0)  # realistic step 6: the density's strength at the rim
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class RealDegradation:
     seed: int
     masked: bool = False
     rim_resolution_A: float | None = None  # deposited-like maps: the resolution at the rim
+    rim_strength: float = 1.0  # weak-rim maps: the density's strength at the rim
 
     def to_dict(self) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -159,19 +165,15 @@ def deposited_like_map(data: np.ndarray, voxel_size_zyx: tuple[float, ...], reso
                        ) -> tuple[np.ndarray, RealDegradation]:
     """A real map ``data[z, y, x]`` made like a deposited one: ``resolution_A`` at the centre
     falling to ``rim_factor`` times it at the rim (two :func:`degraded_real_map` copies
-    blended by the distance from the box centre, all rim from 60 % of the largest distance
-    out), low-passed at ``resolution_A`` as post-processing does, and masked softly around
-    the molecule (the input's own mask when it has one, else the map's molecular envelope
-    with a 3-voxel soft edge)."""
+    blended by :func:`box_rim_weight`), low-passed at ``resolution_A`` as post-processing
+    does, and masked softly around the molecule (the input's own mask when it has one, else
+    the map's molecular envelope with a 3-voxel soft edge)."""
     from cryosamu_cli.enhance.resolution_estimate import molecule_and_solvent
 
     inner, record = degraded_real_map(data, voxel_size_zyx, resolution_A, seed, low_pass=False)
     outer, _ = degraded_real_map(data, voxel_size_zyx, rim_factor * resolution_A, seed + 1,
                                  low_pass=False)
-    index = np.indices(data.shape, dtype=np.float32)
-    radius = np.sqrt(sum(((index[a] - (n - 1) / 2) * voxel_size_zyx[a]) ** 2
-                         for a, n in enumerate(data.shape)))
-    rim_weight = np.clip(radius / (0.6 * radius.max()), 0.0, 1.0)
+    rim_weight = box_rim_weight(data.shape, voxel_size_zyx)
     blended = band_limit((1 - rim_weight) * inner + rim_weight * outer, voxel_size_zyx,
                          resolution_A)
     mask = background_mask(data)
@@ -183,6 +185,31 @@ def deposited_like_map(data: np.ndarray, voxel_size_zyx: tuple[float, ...], reso
         blended = blended * soft_mask(molecule > 0.5, edge_voxels=3.0)
     return blended.astype(np.float32), replace(record, low_pass=True, masked=True,
                                                rim_resolution_A=rim_factor * resolution_A)
+
+
+RIM_START = 0.6  # the rim begins at this fraction of the box's largest centre distance
+
+
+def box_rim_weight(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...]) -> np.ndarray:
+    """Per voxel, 0 at the box centre rising linearly with the distance from it to 1 at
+    :data:`RIM_START` of the largest distance (the corners), and 1 beyond: where a map's rim
+    is, for the real-map degradations."""
+    index = np.indices(shape_zyx, dtype=np.float32)
+    radius = np.sqrt(sum(((index[a] - (n - 1) / 2) * voxel_size_zyx[a]) ** 2
+                         for a, n in enumerate(shape_zyx)))
+    return np.clip(radius / (RIM_START * radius.max()), 0.0, 1.0)
+
+
+def faded_rim_map(data: np.ndarray, voxel_size_zyx: tuple[float, ...],
+                  rim_strength: float) -> np.ndarray:
+    """A real map ``data[z, y, x]`` whose density above the solvent fades from full strength
+    at the box centre to ``rim_strength`` of it at the rim (:func:`box_rim_weight`): a
+    periphery present in only part of the particles. The solvent level is the median of the
+    rim's voxels."""
+    rim_weight = box_rim_weight(data.shape, voxel_size_zyx)
+    solvent = float(np.median(data[rim_weight >= 1.0]))
+    strength = 1.0 - (1.0 - rim_strength) * rim_weight
+    return (solvent + (data - solvent) * strength).astype(np.float32)
 
 
 def _shaped_noise_on(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...],
@@ -231,7 +258,8 @@ def draw(rng: np.random.Generator, kind: str = "basic") -> Degradation:
         sharpen_fraction=float(rng.uniform(0.5, 1.0)) if sharpen else 0.0,
         low_pass=bool(sharpen or rng.random() < 0.5),
         mask_radius_A=float(rng.uniform(3.0, 8.0)) if rng.random() < 0.75 else 0.0,
-        snr_b=float(rng.uniform(*SNR_RISE_RANGE)) * basic["resolution_A"] ** 2)
+        snr_b=float(rng.uniform(*SNR_RISE_RANGE)) * basic["resolution_A"] ** 2,
+        rim_occupancy=float(rng.uniform(*RIM_OCCUPANCY_RANGE)) if rng.random() < 0.5 else 1.0)
 
 
 def simulated_pair(atoms: Atoms, reference: tuple | None, rng: np.random.Generator,
@@ -269,8 +297,9 @@ def simulated_parts(atoms: Atoms, reference: tuple | None, rng: np.random.Genera
     shape = tuple(int(n) for n in shape_xyz[::-1])
     residue_factor = rng.lognormal(0.0, 0.5, len(atoms.residues))
     extra_b = (params.b_global * residue_factor[atoms.residue_index]
-               + _periphery_b(atoms.xyz, params.b_periphery))
-    clean = simulate_density(atoms.xyz, atoms.atomic_number, shape, (1.0, 1.0, 1.0),
+               + params.b_periphery * _squared_rim_distance(atoms.xyz))
+    occupancy = 1.0 - (1.0 - params.rim_occupancy) * _squared_rim_distance(atoms.xyz)
+    clean = simulate_density(atoms.xyz, atoms.atomic_number * occupancy, shape, (1.0, 1.0, 1.0),
                              tuple(low), params.resolution_A, extra_b=extra_b)
     signal = clean + _blobs(atoms, low, shape, clean.max(), params.blobs, rng)
     signal += 0.03 * clean.max() * _smooth_unit_noise(shape, 6.0, rng)
@@ -300,11 +329,11 @@ def resolution_calibrated_noise(signal: np.ndarray, resolution_A: float, snr_b: 
     return (noise_sd * noise).astype(np.float32)
 
 
-def _periphery_b(xyz: np.ndarray, b_periphery: float) -> np.ndarray:
-    """Per-atom extra B growing as the squared distance from the centre, ``b_periphery`` at
-    the furthest atom (local resolution worse at the rim, as real maps have)."""
+def _squared_rim_distance(xyz: np.ndarray) -> np.ndarray:
+    """Per atom, the squared distance from the model's centre over the furthest atom's: 0 at
+    the centre, 1 at the rim (how local resolution and occupancy fall in step 6)."""
     distance2 = ((xyz - xyz.mean(axis=0)) ** 2).sum(axis=1)
-    return b_periphery * distance2 / max(float(distance2.max()), 1e-12)
+    return distance2 / max(float(distance2.max()), 1e-12)
 
 
 def post_processed(volume: np.ndarray, local_xyz: np.ndarray,

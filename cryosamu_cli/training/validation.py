@@ -11,7 +11,7 @@ against the model map at that resolution. The ``eval`` pairs are never used here
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -27,11 +27,15 @@ from cryosamu_cli.structure import read_atoms
 
 # (resolution in Å, kind): post-processed, low-passed at it as deposited maps are; raw, with
 # the noise beyond it as reconstructions have; deposited-like, its resolution falling towards
-# the rim, low-passed and softly masked (data.degrade.deposited_like_map)
-VALIDATION_KINDS = ("post-processed", "raw", "deposited-like")
+# the rim, low-passed and softly masked (data.degrade.deposited_like_map); weak-rim, raw
+# after its density faded to WEAK_RIM_STRENGTH at the rim (data.degrade.faded_rim_map: a
+# periphery in only part of the particles, scored against the whole model)
+VALIDATION_KINDS = ("post-processed", "raw", "deposited-like", "weak-rim")
 DEFAULT_DEGRADATIONS: tuple[tuple[float, str], ...] = (
     (5.0, "post-processed"), (6.5, "raw"), (6.0, "deposited-like"))
-NAME_SUFFIX = {"post-processed": "", "raw": "-raw", "deposited-like": "-deposited"}
+NAME_SUFFIX = {"post-processed": "", "raw": "-raw", "deposited-like": "-deposited",
+               "weak-rim": "-weak-rim"}
+WEAK_RIM_STRENGTH = 0.5
 
 
 def kind_of(name: str) -> str:
@@ -106,16 +110,27 @@ def validation_maps(pairs: Sequence[Pair],
         atoms = read_atoms(pair.model_path)
         for number, (resolution_A, kind) in enumerate(degradations):
             map_seed = seed + 100 * index + number
-            degraded, record = (
-                degrade.deposited_like_map(data, grid.voxel_size_zyx, resolution_A, map_seed)
-                if kind == "deposited-like" else
-                degrade.degraded_real_map(data, grid.voxel_size_zyx, resolution_A, map_seed,
-                                          low_pass=kind == "post-processed"))
+            degraded, record = _degraded(data, grid.voxel_size_zyx, resolution_A, kind,
+                                         map_seed)
             model_map, inside = metrics.model_map_and_mask(grid, atoms, resolution_A)
             name = f"{pair.name}@{resolution_A:g}A{NAME_SUFFIX[kind]}"
             maps.append(ValidationMap(name, degraded, grid, resolution_A, model_map, inside,
                                       record, atoms))
     return maps
+
+
+def _degraded(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A: float,
+              kind: str, seed: int) -> tuple[np.ndarray, degrade.RealDegradation]:
+    """A real map degraded to ``resolution_A`` in the way of validation ``kind``."""
+    if kind == "deposited-like":
+        return degrade.deposited_like_map(data, voxel_size_zyx, resolution_A, seed)
+    if kind == "weak-rim":
+        faded = degrade.faded_rim_map(data, voxel_size_zyx, WEAK_RIM_STRENGTH)
+        degraded, record = degrade.degraded_real_map(faded, voxel_size_zyx, resolution_A, seed,
+                                                     low_pass=False)
+        return degraded, replace(record, rim_strength=WEAK_RIM_STRENGTH)
+    return degrade.degraded_real_map(data, voxel_size_zyx, resolution_A, seed,
+                                     low_pass=kind == "post-processed")
 
 
 def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
