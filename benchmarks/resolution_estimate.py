@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cryosamu_cli import grid, mapio
-from cryosamu_cli.data import degrade, pair_shards
+from cryosamu_cli.data import degrade, map_statistics, pair_shards, real_degradation
 from cryosamu_cli.data.pairs import read_pairs
 from cryosamu_cli.enhance import local_resolution, predictor
 from cryosamu_cli.enhance.band import BAND_EDGE
@@ -53,9 +53,9 @@ def degraded(data: np.ndarray, voxel: tuple, resolution_A: float, kind: str,
              seed: int) -> np.ndarray:
     """``data`` brought to ``resolution_A`` as ``kind`` says."""
     masked = kind.endswith("masked")
-    out, _ = degrade.degraded_real_map(data, voxel, resolution_A, seed=seed,
+    out, _ = real_degradation.degraded_real_map(data, voxel, resolution_A, seed=seed,
                                        low_pass=kind != "raw", keep_mask=masked)
-    if masked and degrade.background_mask(data) is None:
+    if masked and map_statistics.background_mask(data) is None:
         molecule, _ = molecule_and_solvent(data, voxel)
         out = out * grid.soft_mask(molecule > 0.5, edge_voxels=3.0)
     return out

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cryosamu_cli import mapio
-from cryosamu_cli.data import degrade
+from cryosamu_cli.data import degrade, real_degradation
 from cryosamu_cli.data import pair_shards
 from cryosamu_cli.data.map_statistics import MapStatistics, map_statistics
 from cryosamu_cli.data.pairs import read_pairs
@@ -50,7 +50,7 @@ def real_rows(shared: Path) -> list[Row]:
                      map_statistics(data, info.voxel_size_zyx, pair.resolution_A)))
         if role == "train":
             for kind, keep_mask in (("basic", False), ("realistic", True)):
-                degraded, _ = degrade.degraded_real_map(data, info.voxel_size_zyx, 6.0, seed=0,
+                degraded, _ = real_degradation.degraded_real_map(data, info.voxel_size_zyx, 6.0, seed=0,
                                                         keep_mask=keep_mask)
                 rows.append((f"real degraded to 6 Å, {kind}", pair.name, 6.0,
                              map_statistics(degraded, info.voxel_size_zyx, 6.0)))

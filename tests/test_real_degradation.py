@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cryosamu_cli import grid, mapio, metrics
-from cryosamu_cli.data import degrade
+from cryosamu_cli.data import degrade, map_statistics, real_degradation
 from cryosamu_cli.data import pair_shards
 from cryosamu_cli.data import prepare
 from cryosamu_cli.training import loop as train
@@ -39,15 +39,15 @@ def _shell_snr(signal: np.ndarray, noise: np.ndarray, voxel, resolution_A: float
 def test_degraded_real_map_has_the_snr_of_an_fsc_0143_shell_at_its_resolution(shared_data):
     data, g = mapio.read_map(shared_data / "pairs/emd-2566/2566_3J6B_9.mrc")
     voxel = g.voxel_size_zyx
-    raw, record = degrade.degraded_real_map(data, voxel, 6.0, seed=4, low_pass=False)
+    raw, record = real_degradation.degraded_real_map(data, voxel, 6.0, seed=4, low_pass=False)
     blurred, _ = grid.bfactor_sharpen(data, voxel, 1.0, b_factor=-record.b_blur)
     assert record.b_blur == 72.0 and record.resolution_A == 6.0 and not record.low_pass
     # the added noise is what the map lost: signal/noise power at 1/6 Å is 2·0.143/0.857
     snr = _shell_snr(blurred, raw - blurred, voxel, 6.0)
     assert snr == pytest.approx(degrade.SNR_AT_RESOLUTION, rel=0.25)
-    again, _ = degrade.degraded_real_map(data, voxel, 6.0, seed=4, low_pass=False)
+    again, _ = real_degradation.degraded_real_map(data, voxel, 6.0, seed=4, low_pass=False)
     assert np.array_equal(raw, again)  # seeded
-    limited, record = degrade.degraded_real_map(data, voxel, 6.0, seed=4)
+    limited, record = real_degradation.degraded_real_map(data, voxel, 6.0, seed=4)
     assert record.low_pass
     frequency, power = degrade.radial_power_spectrum(limited, voxel)
     _, raw_power = degrade.radial_power_spectrum(raw, voxel)
@@ -58,7 +58,7 @@ def test_degraded_real_map_has_the_snr_of_an_fsc_0143_shell_at_its_resolution(sh
 def test_deposited_like_maps_fall_off_to_the_rim_and_are_low_passed_and_masked(shared_data):
     data, g = mapio.read_map(shared_data / "pairs/emd-1461/rotavirus_vp6-96o.mrc")  # unmasked
     voxel = g.voxel_size_zyx
-    made, record = degrade.deposited_like_map(data, voxel, 5.0, seed=3)
+    made, record = real_degradation.deposited_like_map(data, voxel, 5.0, seed=3)
     assert (record.resolution_A, record.rim_resolution_A) == (5.0, 7.5)
     assert record.low_pass and record.masked
     frequency, power = degrade.radial_power_spectrum(made, voxel)
@@ -81,8 +81,8 @@ def test_deposited_like_maps_fall_off_to_the_rim_and_are_low_passed_and_masked(s
             > metrics.pearson(made[rim], reference[rim]) + 0.05)
     # a map that was masked keeps its own mask
     masked, g = mapio.read_map(shared_data / "pairs/emd-1461/emd_1461.mrc")
-    inside, background = degrade.background_mask(masked)
-    made, _ = degrade.deposited_like_map(masked, g.voxel_size_zyx, 6.0, seed=3)
+    inside, background = map_statistics.background_mask(masked)
+    made, _ = real_degradation.deposited_like_map(masked, g.voxel_size_zyx, 6.0, seed=3)
     outside = grid.soft_mask(inside, edge_voxels=2.0) == 0
     assert outside.mean() > 0.3 and np.all(made[outside] == background)
 
@@ -153,16 +153,16 @@ def test_validation_maps_score_the_model_map_as_perfect_and_refuse_eval_pairs(sm
 def test_a_faded_rim_keeps_the_centre_and_halves_the_rim_above_the_solvent(shared_data):
     data, info = mapio.read_map(shared_data / "pairs/emd-2566/2566_3J6B_9.mrc")
     voxel = info.voxel_size_zyx
-    rim = degrade.box_rim_weight(data.shape, voxel)
+    rim = real_degradation.box_rim_weight(data.shape, voxel)
     assert rim.min() < 0.05 and rim.max() == 1.0 and rim[0, 0, 0] == 1.0  # centre to corner
     assert rim[tuple(n // 2 for n in data.shape)] == rim.min()
-    faded = degrade.faded_rim_map(data, voxel, 0.5)
+    faded = real_degradation.faded_rim_map(data, voxel, 0.5)
     solvent = float(np.median(data[rim >= 1.0]))
     # above the solvent: the same at the centre, half at the rim, in between on the way
     assert np.allclose(faded - solvent, (data - solvent) * (1 - 0.5 * rim), atol=1e-4)
     outer = rim >= 1.0
     assert np.allclose(faded[outer] - solvent, 0.5 * (data[outer] - solvent), atol=1e-4)
-    assert np.array_equal(degrade.faded_rim_map(data, voxel, 1.0), data.astype(np.float32))
+    assert np.array_equal(real_degradation.faded_rim_map(data, voxel, 1.0), data.astype(np.float32))
 
 
 def test_weak_rim_validation_maps_are_raw_at_r_and_scored_against_the_whole_model(

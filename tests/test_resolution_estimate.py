@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cryosamu_cli import grid, mapio
 from cryosamu_cli.cli.app import app
-from cryosamu_cli.data import degrade
+from cryosamu_cli.data import real_degradation
 from cryosamu_cli.enhance import emdb_header, resolution_estimate
 from cryosamu_cli.enhance.resolution import (NOT_ESTIMABLE, ResolutionChoice, choose_resolution,
                                               parse_resolution)
@@ -80,7 +80,7 @@ def test_a_real_map_degraded_to_a_known_resolution(shared_data, kind):
     data, info = mapio.read_map(shared_data / "pairs/emd-0093/emd_0093_MAP_m4A_cropped.mrc")
     voxel = info.voxel_size_zyx
     for resolution_A in (5.0, 7.0):
-        degraded, _ = degrade.degraded_real_map(data, voxel, resolution_A, seed=3,
+        degraded, _ = real_degradation.degraded_real_map(data, voxel, resolution_A, seed=3,
                                                 low_pass=kind != "raw",
                                                 keep_mask=kind.endswith("masked"))
         estimate = resolution_estimate.estimate_resolution(degraded, voxel)
@@ -94,7 +94,7 @@ def test_a_raw_map_at_8_A_is_read_from_the_signals_first_fall_into_the_noise(sha
     # (its original 3.4 A low-pass edge): the line through both read 11.6 A (+45 %)
     data, info = mapio.read_map(shared_data / "pairs/emd-0093/emd_0093_MAP_m4A_cropped.mrc")
     voxel = info.voxel_size_zyx
-    degraded, _ = degrade.degraded_real_map(data, voxel, 8.0, seed=38, low_pass=False)
+    degraded, _ = real_degradation.degraded_real_map(data, voxel, 8.0, seed=38, low_pass=False)
     estimate = resolution_estimate.estimate_resolution(degraded, voxel)
     assert estimate.method == "signal/noise in the solvent"
     assert estimate.resolution_A == pytest.approx(8.0, rel=0.1)
@@ -114,7 +114,7 @@ def test_a_small_masked_crop_gets_a_weak_edge_with_low_confidence(shared_data):
     # a 47x52x35 masked crop: few shells spread its low-pass edge below the clear-edge slope
     data, info = mapio.read_map(shared_data / "pairs/emd-2566/2566_3J6B_9.mrc")
     voxel = info.voxel_size_zyx
-    degraded, _ = degrade.degraded_real_map(data, voxel, 6.0, seed=3, keep_mask=True)
+    degraded, _ = real_degradation.degraded_real_map(data, voxel, 6.0, seed=3, keep_mask=True)
     estimate = resolution_estimate.estimate_resolution(degraded, voxel)
     assert estimate.method == "post-processing edge" and not estimate.confident
     assert estimate.resolution_A == pytest.approx(6.0, rel=0.1)

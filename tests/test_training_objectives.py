@@ -11,7 +11,6 @@ import torch
 from cryosamu_cli.enhance.predictor import load_enhancer
 from cryosamu_cli.errors import ConfigError
 from cryosamu_cli.training import loop as train
-from cryosamu_cli.training.ema import WeightAverage
 from cryosamu_cli.training.loss import masked_correlation_loss, training_loss
 from tests.test_train import _config, data_dir  # noqa: F401  (the fixture is shared)
 
@@ -141,7 +140,6 @@ def test_tta_is_the_mean_of_explicitly_flipped_runs_and_tta_1_is_the_plain_run(t
                                                                               tmp_path):
     import numpy as np
 
-    from cryosamu_cli import mapio
     from cryosamu_cli.enhance.pipeline import enhance_map
     from cryosamu_cli.enhance.predictor import TTA_FLIPS, NetworkPredictor
     from cryosamu_cli.weights import load_model

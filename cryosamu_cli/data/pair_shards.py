@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cryosamu_cli import grid, mapio, metrics, simulate
-from cryosamu_cli.data import degrade
+from cryosamu_cli.data import degrade, real_degradation
 from cryosamu_cli.data.dataset import CUBE_SIZE, PADDING, SPLITS, cut_cube_pairs, write_shard
 from cryosamu_cli.errors import ConfigError, CryosamuError
 from cryosamu_cli.data.pairs import Pair
@@ -168,7 +168,7 @@ def _prepare(pair: Pair, output_dir: Path, options: PrepareOptions, split: str,
         return {**info, "status": "filtered",
                 "reason": f"map-model CC_mask {cc:.3f} below {options.min_cc_mask}"}
     if degraded is not None:
-        data, record = degrade.degraded_real_map(
+        data, record = real_degradation.degraded_real_map(
             data, grid_info.voxel_size_zyx, degraded.resolution_A, degraded.seed,
             low_pass=degraded.low_pass,
             keep_mask=options.degradation == "realistic" and degraded.index % 4 in (1, 2))

@@ -3,7 +3,7 @@
 Choosing a recipe, a band-limit edge or a checkpoint by the loss on simulated cubes does not
 track what users measure (the model-quality issue: 0.41 → 0.58 on simulated cubes while every
 real map got worse). Here the real ``train`` pairs of a pairs CSV, held out by map, are brought
-to a lower resolution by :func:`cryosamu_cli.data.degrade.degraded_real_map` and any candidate map
+to a lower resolution by :func:`cryosamu_cli.data.real_degradation.degraded_real_map` and any candidate map
 is scored by CC_box and CC_mask (phenix.map_model_cc's definitions, :mod:`cryosamu_cli.metrics`)
 against the model map at that resolution. The ``eval`` pairs are never used here.
 """
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cryosamu_cli import mapio, metrics
-from cryosamu_cli.data import degrade
+from cryosamu_cli.data import real_degradation
 from cryosamu_cli.data.dataset import CubePairDataset
 from cryosamu_cli.enhance import tiling
 from cryosamu_cli.errors import ConfigError
@@ -27,8 +27,8 @@ from cryosamu_cli.structure import read_atoms
 
 # (resolution in Å, kind): post-processed, low-passed at it as deposited maps are; raw, with
 # the noise beyond it as reconstructions have; deposited-like, its resolution falling towards
-# the rim, low-passed and softly masked (data.degrade.deposited_like_map); weak-rim, raw
-# after its density faded to WEAK_RIM_STRENGTH at the rim (data.degrade.faded_rim_map: a
+# the rim, low-passed and softly masked (data.real_degradation.deposited_like_map); weak-rim, raw
+# after its density faded to WEAK_RIM_STRENGTH at the rim (data.real_degradation.faded_rim_map: a
 # periphery in only part of the particles, scored against the whole model)
 VALIDATION_KINDS = ("post-processed", "raw", "deposited-like", "weak-rim")
 DEFAULT_DEGRADATIONS: tuple[tuple[float, str], ...] = (
@@ -67,7 +67,7 @@ class ValidationMap:
     resolution_A: float
     model_map: np.ndarray
     inside: np.ndarray
-    degradation: degrade.RealDegradation
+    degradation: real_degradation.RealDegradation
     atoms: object = None
 
     def scores(self, candidate: np.ndarray, with_fsc: bool = False) -> dict[str, float]:
@@ -120,16 +120,16 @@ def validation_maps(pairs: Sequence[Pair],
 
 
 def _degraded(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A: float,
-              kind: str, seed: int) -> tuple[np.ndarray, degrade.RealDegradation]:
+              kind: str, seed: int) -> tuple[np.ndarray, real_degradation.RealDegradation]:
     """A real map degraded to ``resolution_A`` in the way of validation ``kind``."""
     if kind == "deposited-like":
-        return degrade.deposited_like_map(data, voxel_size_zyx, resolution_A, seed)
+        return real_degradation.deposited_like_map(data, voxel_size_zyx, resolution_A, seed)
     if kind == "weak-rim":
-        faded = degrade.faded_rim_map(data, voxel_size_zyx, WEAK_RIM_STRENGTH)
-        degraded, record = degrade.degraded_real_map(faded, voxel_size_zyx, resolution_A, seed,
+        faded = real_degradation.faded_rim_map(data, voxel_size_zyx, WEAK_RIM_STRENGTH)
+        degraded, record = real_degradation.degraded_real_map(faded, voxel_size_zyx, resolution_A, seed,
                                                      low_pass=False)
         return degraded, replace(record, rim_strength=WEAK_RIM_STRENGTH)
-    return degrade.degraded_real_map(data, voxel_size_zyx, resolution_A, seed,
+    return real_degradation.degraded_real_map(data, voxel_size_zyx, resolution_A, seed,
                                      low_pass=kind == "post-processed")
 
 
