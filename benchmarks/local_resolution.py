@@ -3,8 +3,8 @@ region beat one global band limit (``--band-limit global``), on maps whose resol
 from centre to rim?
 
 Validation maps only (the ``val`` pairs of a split CSV, never ``eval``): each degraded twice
-by :func:`cryosamu_cli.data.real_degradation.degraded_real_map`, at R_centre and R_rim, and blended by
-the distance from the box centre (the centre's copy inside, the rim's copy from 60 % of the
+by :func:`cryosamu_cli.data.real_degradation.degraded_real_map`, at R_centre and R_rim, and
+blended by the distance from the box centre (the centre's copy inside, the rim's copy from 60 % of the
 way out), as raw maps and post-processed ones (then low-passed at R_centre). The shipped
 network enhances each once; its output is limited at the global estimate (``--band-limit
 global``) or locally around it (the default: the local values followed
@@ -37,8 +37,10 @@ def gradient_map(data: np.ndarray, voxel: tuple, centre_A: float, rim_A: float, 
                  low_pass: bool) -> tuple[np.ndarray, np.ndarray]:
     """``data`` at ``centre_A`` in the middle and ``rim_A`` towards the rim; and the blend
     weight of the rim copy per voxel."""
-    inner, _ = real_degradation.degraded_real_map(data, voxel, centre_A, seed=seed, low_pass=False)
-    outer, _ = real_degradation.degraded_real_map(data, voxel, rim_A, seed=seed + 1, low_pass=False)
+    inner, _ = real_degradation.degraded_real_map(data, voxel, centre_A, seed=seed,
+                                                  low_pass=False)
+    outer, _ = real_degradation.degraded_real_map(data, voxel, rim_A, seed=seed + 1,
+                                                  low_pass=False)
     index = np.indices(data.shape).astype(np.float32)
     radius = np.sqrt(sum(((index[a] - (n - 1) / 2) * voxel[a]) ** 2
                          for a, n in enumerate(data.shape)))

@@ -54,7 +54,7 @@ def degraded(data: np.ndarray, voxel: tuple, resolution_A: float, kind: str,
     """``data`` brought to ``resolution_A`` as ``kind`` says."""
     masked = kind.endswith("masked")
     out, _ = real_degradation.degraded_real_map(data, voxel, resolution_A, seed=seed,
-                                       low_pass=kind != "raw", keep_mask=masked)
+                                                low_pass=kind != "raw", keep_mask=masked)
     if masked and map_statistics.background_mask(data) is None:
         molecule, _ = molecule_and_solvent(data, voxel)
         out = out * grid.soft_mask(molecule > 0.5, edge_voxels=3.0)

@@ -50,8 +50,8 @@ def real_rows(shared: Path) -> list[Row]:
                      map_statistics(data, info.voxel_size_zyx, pair.resolution_A)))
         if role == "train":
             for kind, keep_mask in (("basic", False), ("realistic", True)):
-                degraded, _ = real_degradation.degraded_real_map(data, info.voxel_size_zyx, 6.0, seed=0,
-                                                        keep_mask=keep_mask)
+                degraded, _ = real_degradation.degraded_real_map(
+                    data, info.voxel_size_zyx, 6.0, seed=0, keep_mask=keep_mask)
                 rows.append((f"real degraded to 6 Å, {kind}", pair.name, 6.0,
                              map_statistics(degraded, info.voxel_size_zyx, 6.0)))
     for name, resolution in UNPAIRED:

@@ -150,7 +150,7 @@ def test_degraded_real_map_keeps_the_mask_of_a_masked_map(shared_data):
     data, info = mapio.read_map(shared_data / "pairs/emd-0093/emd_0093_MAP_m4A_cropped.mrc")
     inside, background = background_mask(data)
     kept, record = real_degradation.degraded_real_map(data, info.voxel_size_zyx, 6.0, seed=1,
-                                             keep_mask=True)
+                                                      keep_mask=True)
     assert record.masked
     far = ~grid.soft_mask(inside, edge_voxels=2.0).astype(bool)
     assert np.all(kept[far] == np.float32(background))
@@ -159,7 +159,8 @@ def test_degraded_real_map_keeps_the_mask_of_a_masked_map(shared_data):
     # inside the mask both are the same degraded map
     assert np.allclose(kept[inside], plain[inside], atol=1e-5)
     unmasked, _ = mapio.read_map(shared_data / "pairs/emd-1461/rotavirus_vp6-96o.mrc")
-    _, record = real_degradation.degraded_real_map(unmasked, (1.23,) * 3, 6.0, seed=1, keep_mask=True)
+    _, record = real_degradation.degraded_real_map(unmasked, (1.23,) * 3, 6.0, seed=1,
+                                                   keep_mask=True)
     assert not record.masked
 
 

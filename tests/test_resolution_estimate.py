@@ -81,8 +81,8 @@ def test_a_real_map_degraded_to_a_known_resolution(shared_data, kind):
     voxel = info.voxel_size_zyx
     for resolution_A in (5.0, 7.0):
         degraded, _ = real_degradation.degraded_real_map(data, voxel, resolution_A, seed=3,
-                                                low_pass=kind != "raw",
-                                                keep_mask=kind.endswith("masked"))
+                                                         low_pass=kind != "raw",
+                                                         keep_mask=kind.endswith("masked"))
         estimate = resolution_estimate.estimate_resolution(degraded, voxel)
         tolerance = 0.2 if kind == "raw" else 0.1
         assert estimate.resolution_A == pytest.approx(resolution_A, rel=tolerance), kind

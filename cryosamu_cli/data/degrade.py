@@ -104,7 +104,7 @@ RIM_OCCUPANCY_RANGE = (0.3, 1.0)  # realistic step 6: the density's strength at 
 
 
 def shaped_noise_on(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...],
-                     reference: tuple, rng: np.random.Generator) -> np.ndarray:
+                    reference: tuple, rng: np.random.Generator) -> np.ndarray:
     """Unit-variance noise with the ``reference`` radial power spectrum on any grid."""
     white = np.fft.rfftn(rng.standard_normal(shape_zyx))
     shells, width = shell_index(shape_zyx, voxel_size_zyx)
@@ -115,7 +115,7 @@ def shaped_noise_on(shape_zyx: tuple[int, ...], voxel_size_zyx: tuple[float, ...
 
 
 def shell_power(volume: np.ndarray, voxel_size_zyx: tuple[float, ...],
-                 resolution_A: float) -> float:
+                resolution_A: float) -> float:
     """Mean Fourier power of ``volume`` in the shell at 1 / ``resolution_A``."""
     frequency, power = radial_power_spectrum(volume, voxel_size_zyx)
     return float(np.interp(1.0 / resolution_A, frequency, power))

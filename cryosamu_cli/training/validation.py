@@ -3,9 +3,10 @@
 Choosing a recipe, a band-limit edge or a checkpoint by the loss on simulated cubes does not
 track what users measure (the model-quality issue: 0.41 → 0.58 on simulated cubes while every
 real map got worse). Here the real ``train`` pairs of a pairs CSV, held out by map, are brought
-to a lower resolution by :func:`cryosamu_cli.data.real_degradation.degraded_real_map` and any candidate map
-is scored by CC_box and CC_mask (phenix.map_model_cc's definitions, :mod:`cryosamu_cli.metrics`)
-against the model map at that resolution. The ``eval`` pairs are never used here.
+to a lower resolution by :func:`cryosamu_cli.data.real_degradation.degraded_real_map` and any
+candidate map is scored by CC_box and CC_mask (phenix.map_model_cc's definitions,
+:mod:`cryosamu_cli.metrics`) against the model map at that resolution. The ``eval`` pairs are
+never used here.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from cryosamu_cli.structure import read_atoms
 
 # (resolution in Å, kind): post-processed, low-passed at it as deposited maps are; raw, with
 # the noise beyond it as reconstructions have; deposited-like, its resolution falling towards
-# the rim, low-passed and softly masked (data.real_degradation.deposited_like_map); weak-rim, raw
-# after its density faded to WEAK_RIM_STRENGTH at the rim (data.real_degradation.faded_rim_map: a
-# periphery in only part of the particles, scored against the whole model)
+# the rim, low-passed and softly masked (data.real_degradation.deposited_like_map); weak-rim,
+# raw after its density faded to WEAK_RIM_STRENGTH at the rim (data.real_degradation.
+# faded_rim_map: a periphery in only part of the particles, scored against the whole model)
 VALIDATION_KINDS = ("post-processed", "raw", "deposited-like", "weak-rim")
 DEFAULT_DEGRADATIONS: tuple[tuple[float, str], ...] = (
     (5.0, "post-processed"), (6.5, "raw"), (6.0, "deposited-like"))
@@ -126,11 +127,11 @@ def _degraded(data: np.ndarray, voxel_size_zyx: tuple[float, ...], resolution_A:
         return real_degradation.deposited_like_map(data, voxel_size_zyx, resolution_A, seed)
     if kind == "weak-rim":
         faded = real_degradation.faded_rim_map(data, voxel_size_zyx, WEAK_RIM_STRENGTH)
-        degraded, record = real_degradation.degraded_real_map(faded, voxel_size_zyx, resolution_A, seed,
-                                                     low_pass=False)
+        degraded, record = real_degradation.degraded_real_map(faded, voxel_size_zyx,
+                                                              resolution_A, seed, low_pass=False)
         return degraded, replace(record, rim_strength=WEAK_RIM_STRENGTH)
     return real_degradation.degraded_real_map(data, voxel_size_zyx, resolution_A, seed,
-                                     low_pass=kind == "post-processed")
+                                              low_pass=kind == "post-processed")
 
 
 def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
