@@ -139,7 +139,10 @@ def test_rim_occupancy_fades_the_maps_rim_and_keeps_the_target_whole(lysozyme, m
     # at the atoms nearest the centre the two maps agree; at the rim the faded one is weaker
     rim = degrade._squared_rim_distance(atoms.xyz)
     index = np.round((atoms.xyz - np.asarray(info.origin_A))[:, ::-1]).astype(int)
-    at_atoms = lambda volume, chosen: volume[tuple(index[chosen].T)].mean()
+
+    def at_atoms(volume, chosen):
+        return volume[tuple(index[chosen].T)].mean()
+
     centre, outer = rim < 0.05, rim > 0.8
     assert at_atoms(faded_map, centre) == pytest.approx(at_atoms(whole_map, centre), rel=0.15)
     ratio = at_atoms(faded_map, outer) / at_atoms(whole_map, outer)
