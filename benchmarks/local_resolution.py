@@ -41,10 +41,7 @@ def gradient_map(data: np.ndarray, voxel: tuple, centre_A: float, rim_A: float, 
                                                   low_pass=False)
     outer, _ = real_degradation.degraded_real_map(data, voxel, rim_A, seed=seed + 1,
                                                   low_pass=False)
-    index = np.indices(data.shape).astype(np.float32)
-    radius = np.sqrt(sum(((index[a] - (n - 1) / 2) * voxel[a]) ** 2
-                         for a, n in enumerate(data.shape)))
-    weight = np.clip(radius / (0.6 * radius.max()), 0.0, 1.0)
+    weight = real_degradation.box_rim_weight(data.shape, voxel)
     blended = (1 - weight) * inner + weight * outer
     if low_pass:
         blended = grid.band_limit(blended, voxel, centre_A)
