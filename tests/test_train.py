@@ -133,9 +133,9 @@ def test_two_process_ddp_run_ends_with_identical_weights(data_dir, tmp_path):
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node", "2", "-m", "cryosamu_cli.cli.app", "train", str(data_dir),
-               "-o", str(run), "--epochs", "1", "--batch-size", "1", "--base-channels", "8",
-               "--no-struct", "--precision", "fp32", "--no-augment", "--max-steps", "2",
-               "--crop-size", "32"]
+               "-o", str(run), "--epochs", "1", "--batch-size", "1", "--preset", "light",
+               "--base-channels", "8", "--no-struct", "--precision", "fp32", "--no-augment",
+               "--max-steps", "2", "--crop-size", "32"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]

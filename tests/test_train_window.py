@@ -246,8 +246,8 @@ def test_two_ranks_agree_on_a_time_budget(data_dir, tmp_path):  # noqa: F811
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node", "2", "-m", "cryosamu_cli.cli.app", "train", str(data_dir),
                "-o", str(run), "--time-budget", "0.1", "--checkpoint-minutes", "0.04",
-               "--batch-size", "1", "--base-channels", "8", "--no-struct", "--precision",
-               "fp32", "--no-augment", "--crop-size", "32"]
+               "--batch-size", "1", "--preset", "light", "--base-channels", "8", "--no-struct",
+               "--precision", "fp32", "--no-augment", "--crop-size", "32"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
