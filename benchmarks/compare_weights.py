@@ -5,9 +5,12 @@ The ``val`` pairs of a split CSV (never ``eval`` pairs), degraded in the four ki
 to the rim, low-passed and masked; weak-rim: density fading to half at the rim, raw) at
 4.5–8 Å; each map enhanced by each checkpoint exactly as
 ``enhance --resolution R`` does, and scored against its model map: CC_box, CC_mask, CC_volume,
-CC_peaks (phenix.map_model_cc definitions) and the map–model FSC = 0.5 resolution. The degraded
-map and that map low-passed at R are scored beside them. Means per kind, over the first three
-kinds (the 15 maps that chose checkpoints until weak-rim was added) and over all maps.
+CC_peaks (phenix.map_model_cc definitions), the map–model FSC = 0.5 resolution, and CC_mask
+within three shells from the box centre to its rim (``cc_centre``, ``cc_middle``, ``cc_rim``:
+``real_degradation.box_rim_weight`` 0–0.4, 0.4–0.7, 0.7–1, where deposited-like maps lose
+resolution and weak-rim maps density). The degraded map and that map low-passed at R are scored
+beside them. Means per kind, over the first three kinds (the 15 maps that chose checkpoints until
+weak-rim was added) and over all maps.
 
     python benchmarks/compare_weights.py training/pairs-v2.csv \\
         --weights weights/cryosamu-light-v2.pt --weights runs/v3/best.pt    # ~12 min, 2 cores
@@ -18,14 +21,18 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from cryosamu_cli import grid
+import numpy as np
+
+from cryosamu_cli import grid, metrics
+from cryosamu_cli.data import real_degradation
 from cryosamu_cli.enhance import predictor
 from cryosamu_cli.training import validation
 
 DEGRADATIONS = ((4.5, "post-processed"), (6.0, "raw"), (8.0, "post-processed"),
                 (5.0, "deposited-like"), (6.5, "deposited-like"), (6.5, "weak-rim"))
 EARLIER_KINDS = ("post-processed", "raw", "deposited-like")  # the 15 maps of earlier notes
-METRICS = ("cc_box", "cc_mask", "cc_volume", "cc_peaks", "fsc05")
+RIM_SHELLS = {"cc_centre": (0.0, 0.4), "cc_middle": (0.4, 0.7), "cc_rim": (0.7, 1.0)}
+METRICS = ("cc_box", "cc_mask", "cc_volume", "cc_peaks", "fsc05") + tuple(RIM_SHELLS)
 
 
 def main() -> None:
@@ -47,7 +54,7 @@ def main() -> None:
         for weights, predict in predictors.items():
             candidates[weights] = validation.enhanced_like_enhance(predict, vmap)
         for label, data in candidates.items():
-            scores = vmap.scores(data, with_fsc=True)
+            scores = {**vmap.scores(data, with_fsc=True), **rim_shell_scores(vmap, data)}
             kind = validation.kind_of(vmap.name)
             rows[label][kind].append(scores)
             if kind in EARLIER_KINDS:
@@ -62,6 +69,17 @@ def main() -> None:
             mean = validation.mean_scores(by_kind[kind])
             print(f"| {label} | {len(by_kind[kind])} | "
                   + " | ".join(f"{mean[m]:.3f}" for m in METRICS) + " |")
+
+
+def rim_shell_scores(vmap: validation.ValidationMap, data: np.ndarray) -> dict[str, float]:
+    """CC_mask of ``data`` against the model map within each shell of :data:`RIM_SHELLS`
+    (the rim shell includes the voxels beyond ``box_rim_weight``'s 1)."""
+    rim = real_degradation.box_rim_weight(vmap.data.shape, vmap.grid.voxel_size_zyx)
+    scores = {}
+    for name, (low, high) in RIM_SHELLS.items():
+        shell = vmap.inside & (rim >= low) & ((rim < high) if high < 1.0 else True)
+        scores[name] = metrics.pearson(data[shell], vmap.model_map[shell])
+    return scores
 
 
 def validation_predictor(weights: str, precision: str):
