@@ -77,7 +77,9 @@ def rim_shell_scores(vmap: validation.ValidationMap, data: np.ndarray) -> dict[s
     rim = real_degradation.box_rim_weight(vmap.data.shape, vmap.grid.voxel_size_zyx)
     scores = {}
     for name, (low, high) in RIM_SHELLS.items():
-        shell = vmap.inside & (rim >= low) & ((rim < high) if high < 1.0 else True)
+        shell = vmap.inside & (rim >= low)
+        if high < 1.0:
+            shell &= rim < high
         scores[name] = metrics.pearson(data[shell], vmap.model_map[shell])
     return scores
 
