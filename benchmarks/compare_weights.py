@@ -8,9 +8,10 @@ to the rim, low-passed and masked; weak-rim: density fading to half at the rim, 
 CC_peaks (phenix.map_model_cc definitions), the map–model FSC = 0.5 resolution, and CC_mask
 within three shells from the box centre to its rim (``cc_centre``, ``cc_middle``, ``cc_rim``:
 ``real_degradation.box_rim_weight`` 0–0.4, 0.4–0.7, 0.7–1, where deposited-like maps lose
-resolution and weak-rim maps density). The degraded map and that map low-passed at R are scored
-beside them. Means per kind, over the first three kinds (the 15 maps that chose checkpoints until
-weak-rim was added) and over all maps.
+resolution and weak-rim maps density) and the rim shell's level against the model's
+(``rim_level``). The degraded map and that map low-passed at R are scored beside them. Means per
+kind, over the first three kinds (the 15 maps that chose checkpoints until weak-rim was added)
+and over all maps.
 
     python benchmarks/compare_weights.py training/pairs-v2.csv \\
         --weights weights/cryosamu-light-v2.pt --weights runs/v3/best.pt    # ~12 min, 2 cores
@@ -32,7 +33,8 @@ DEGRADATIONS = ((4.5, "post-processed"), (6.0, "raw"), (8.0, "post-processed"),
                 (5.0, "deposited-like"), (6.5, "deposited-like"), (6.5, "weak-rim"))
 EARLIER_KINDS = ("post-processed", "raw", "deposited-like")  # the 15 maps of earlier notes
 RIM_SHELLS = {"cc_centre": (0.0, 0.4), "cc_middle": (0.4, 0.7), "cc_rim": (0.7, 1.0)}
-METRICS = ("cc_box", "cc_mask", "cc_volume", "cc_peaks", "fsc05") + tuple(RIM_SHELLS)
+METRICS = ("cc_box", "cc_mask", "cc_volume", "cc_peaks", "fsc05") + tuple(RIM_SHELLS) + (
+    "rim_level",)
 
 
 def main() -> None:
@@ -73,15 +75,27 @@ def main() -> None:
 
 def rim_shell_scores(vmap: validation.ValidationMap, data: np.ndarray) -> dict[str, float]:
     """CC_mask of ``data`` against the model map within each shell of :data:`RIM_SHELLS`
-    (the rim shell includes the voxels beyond ``box_rim_weight``'s 1)."""
+    (the rim shell includes the voxels beyond ``box_rim_weight``'s 1), and ``rim_level``: how
+    far the rim shell's mean lies below (negative) or above the model map's, both measured from
+    their mask's mean in their mask's standard deviations (a weak periphery pushed towards the
+    solvent reads negative; it costs CC_mask even where the shape inside each shell is right)."""
     rim = real_degradation.box_rim_weight(vmap.data.shape, vmap.grid.voxel_size_zyx)
-    scores = {}
+    shells = {}
     for name, (low, high) in RIM_SHELLS.items():
-        shell = vmap.inside & (rim >= low)
+        shells[name] = vmap.inside & (rim >= low)
         if high < 1.0:
-            shell &= rim < high
-        scores[name] = metrics.pearson(data[shell], vmap.model_map[shell])
+            shells[name] &= rim < high
+    scores = {name: metrics.pearson(data[shell], vmap.model_map[shell])
+              for name, shell in shells.items()}
+    outer = shells["cc_rim"]
+    scores["rim_level"] = (_level(data, outer, vmap.inside)
+                           - _level(vmap.model_map, outer, vmap.inside))
     return scores
+
+
+def _level(volume: np.ndarray, shell: np.ndarray, inside: np.ndarray) -> float:
+    """The mean of ``volume`` in ``shell`` less its mean in ``inside``, in s.d.s of ``inside``."""
+    return float((volume[shell].mean() - volume[inside].mean()) / volume[inside].std())
 
 
 def validation_predictor(weights: str, precision: str):
