@@ -55,8 +55,9 @@ def main() -> None:
                           vmap.data, vmap.grid.voxel_size_zyx, vmap.resolution_A)}
         for weights, predict in predictors.items():
             candidates[weights] = validation.enhanced_like_enhance(predict, vmap)
+        shells = rim_shells(vmap)
         for label, data in candidates.items():
-            scores = {**vmap.scores(data, with_fsc=True), **rim_shell_scores(vmap, data)}
+            scores = {**vmap.scores(data, with_fsc=True), **rim_shell_scores(vmap, shells, data)}
             kind = validation.kind_of(vmap.name)
             rows[label][kind].append(scores)
             if kind in EARLIER_KINDS:
@@ -73,18 +74,25 @@ def main() -> None:
                   + " | ".join(f"{mean[m]:.3f}" for m in METRICS) + " |")
 
 
-def rim_shell_scores(vmap: validation.ValidationMap, data: np.ndarray) -> dict[str, float]:
-    """CC_mask of ``data`` against the model map within each shell of :data:`RIM_SHELLS`
-    (the rim shell includes the voxels beyond ``box_rim_weight``'s 1), and ``rim_level``: how
-    far the rim shell's mean lies below (negative) or above the model map's, both measured from
-    their mask's mean in their mask's standard deviations (a weak periphery pushed towards the
-    solvent reads negative; it costs CC_mask even where the shape inside each shell is right)."""
+def rim_shells(vmap: validation.ValidationMap) -> dict[str, np.ndarray]:
+    """The mask's voxels in each shell of :data:`RIM_SHELLS` (the rim shell includes the
+    voxels beyond ``box_rim_weight``'s 1)."""
     rim = real_degradation.box_rim_weight(vmap.data.shape, vmap.grid.voxel_size_zyx)
     shells = {}
     for name, (low, high) in RIM_SHELLS.items():
         shells[name] = vmap.inside & (rim >= low)
         if high < 1.0:
             shells[name] &= rim < high
+    return shells
+
+
+def rim_shell_scores(vmap: validation.ValidationMap, shells: dict[str, np.ndarray],
+                     data: np.ndarray) -> dict[str, float]:
+    """CC_mask of ``data`` against the model map within each of :func:`rim_shells`, and
+    ``rim_level``: how far the rim shell's mean lies below (negative) or above the model map's,
+    both measured from their mask's mean in their mask's standard deviations (a weak periphery
+    pushed towards the solvent reads negative; it costs CC_mask even where the shape inside each
+    shell is right)."""
     scores = {name: metrics.pearson(data[shell], vmap.model_map[shell])
               for name, shell in shells.items()}
     outer = shells["cc_rim"]
