@@ -4,8 +4,8 @@ from centre to rim?
 
 Validation maps only (the ``val`` pairs of a split CSV, never ``eval``): each degraded twice
 by :func:`cryosamu_cli.data.real_degradation.degraded_real_map`, at R_centre and R_rim, and
-blended by the distance from the box centre (the centre's copy inside, the rim's copy from 60 % of the
-way out), as raw maps and post-processed ones (then low-passed at R_centre). The shipped
+blended by the distance from the box centre (the centre's copy inside, the rim's copy from 60 %
+of the way out), as raw maps and post-processed ones (then low-passed at R_centre). The shipped
 network enhances each once; its output is limited at the global estimate (``--band-limit
 global``) or locally around it (the default: the local values followed
 :data:`cryosamu_cli.enhance.local_resolution.FOLLOW` of the way), and scored by CC_box /

@@ -67,7 +67,8 @@ def prepare_data(*, pairs_csv: str | os.PathLike | None = None, output_dir: str 
         degrade_real: Copies of every real pair degraded to a random 4.5–8 Å
             (:func:`cryosamu_cli.data.real_degradation.degraded_real_map`, half of them
             low-passed; with ``options.degradation == "realistic"`` copies 1, 2, 5, 6, … keep a
-            masked map's mask), named ``<pair>-d<k>``, in the pair's split, with the degradation recorded.
+            masked map's mask), named ``<pair>-d<k>``, in the pair's split, with the
+            degradation recorded.
         embedder: Model atoms → ``800 × d`` structure embedding
             (:func:`cryosamu_cli.data.embed.structure_embedder`); saved as
             ``embeddings/<name>.npy`` for every pair that is ``ok``, the encoder recorded in
