@@ -8,7 +8,7 @@ split CSV in its six degradations; never ``eval`` pairs) is enhanced as ``enhanc
 model map; means over the first three kinds (15 maps), all maps and per kind, and the network's
 seconds.
 
-    python benchmarks/cube_size.py training/pairs-v2.csv                  # ~10 min, 2 cores
+    python benchmarks/cube_size.py training/pairs-v2.csv                  # ~25 min, 2 cores
     python benchmarks/cube_size.py training/pairs-v2.csv --sizes 64/50,96/80 --weights runs/x/best.pt
 """
 
